@@ -1,0 +1,34 @@
+"""Latent recovery on one device (DESIGN §1): load a generator, prepare targets, search the latent space.
+
+Pure PyTorch, no Ray. The job (jobs/) fetches data and calls these; so can a notebook:
+
+    g = load_generator(GeneratorSpec(builtin="dcgan", kwargs={...}, checkpoint="g.pt", latent=LatentSpec((100, 1, 1))))
+    table = recover(g, targets, ids, settings=RecoverySettings(restarts=4))
+"""
+
+from .errors import ImageError, RecoveryError
+from .generators import LoadedGenerator, default_device, load_feature_net, load_generator, wrap_generator
+from .images import to_png, to_target
+from .objective import target_shape
+from .recover import recover, render, sample_generated
+from .settings import GeneratorSpec, LatentSpec, OperatorSpec, RecoverySettings
+
+__all__ = [
+    "GeneratorSpec",
+    "ImageError",
+    "LatentSpec",
+    "LoadedGenerator",
+    "OperatorSpec",
+    "RecoveryError",
+    "RecoverySettings",
+    "default_device",
+    "load_feature_net",
+    "load_generator",
+    "recover",
+    "render",
+    "sample_generated",
+    "target_shape",
+    "to_png",
+    "to_target",
+    "wrap_generator",
+]

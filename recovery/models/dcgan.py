@@ -42,4 +42,4 @@ class DCGAN(nn.Module):
         return self.main(z.reshape(z.shape[0], self.nz, 1, 1))
 
 
-BUILTINS = {"dcgan": DCGAN}
+BUILTINS = {"dcgan": DCGAN}  # name -> factory(**kwargs) -> nn.Module
