@@ -88,11 +88,11 @@ def build_operator(spec: OperatorSpec, shape: tuple[int, int, int], device: torc
 
 def squared_error(a: torch.Tensor, b: torch.Tensor, count: int) -> torch.Tensor:
     """Per-image mean squared error over the `count` elements the operator keeps, [B]."""
-    return (a - b).square().flatten(1).sum(1) / count
+    return (a - b).square().flatten(1).sum(1, dtype=torch.float64).float() / count  # float64 sum: no order noise
 
 
 def absolute_error(a: torch.Tensor, b: torch.Tensor, count: int) -> torch.Tensor:
-    return (a - b).abs().flatten(1).sum(1) / count
+    return (a - b).abs().flatten(1).sum(1, dtype=torch.float64).float() / count
 
 
 def psnr(mse: torch.Tensor, output_range: tuple[float, float]) -> torch.Tensor:

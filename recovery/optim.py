@@ -21,9 +21,10 @@ import torch
 # evaluate(points [n, D], target index [n]) -> (loss, mse, mae, grad [n, D]); non-finite where G failed
 Evaluate = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list]]
 
-DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.05, "sgd": 1.0}
+DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.05, "sgd": None}  # sgd: per image, see _first_order
 ARMIJO_C1 = 1e-4  # sufficient decrease (Nocedal & Wright 3.1)
 MAX_BACKTRACKS = 20
+EXACT = 1e-10  # a loss this small is an exact recovery (pixel RMS 1e-5): below it float32 rounding is all that changes
 CURVATURE_EPS = 1e-8  # pairs with y.s <= eps |y| |s| are not stored (keeps H positive definite at any loss scale)
 
 
@@ -64,6 +65,7 @@ class SlotOptimizer:
         self.evaluate, self.dim, self.slots = evaluate, dim, slots
         self.method, self.iterations = method, iterations
         self.lr = DEFAULT_LR[method] if lr is None else lr
+        self.auto_lr = method == "sgd" and lr is None
         self.m, self.tol, self.keep_trace, self.device = history, tolerance, keep_trace, device
         self.max_evals = 2 * iterations + 1 if method == "lbfgs" else iterations + 1
         S, D, dev = slots, dim, device
@@ -85,7 +87,7 @@ class SlotOptimizer:
         self.rho, self.gamma = z(S, history), torch.ones(S, device=dev)
         self.ptr = torch.zeros(S, dtype=torch.long, device=dev)
         # Adam / SGD: moments and the best point seen
-        self.m1, self.m2 = z(S, D), z(S, D)
+        self.m1, self.m2, self.sgd_lr = z(S, D), z(S, D), z(S)
         self.best_u, self.best_f = z(S, D), torch.full((S,), float("inf"), device=dev)
         self.best_mse, self.best_mae = z(S), z(S)
         self.trace = z(S, iterations + 1) if keep_trace else None
@@ -188,7 +190,8 @@ class SlotOptimizer:
                 self.ptr[ak] += 1
             self.iters[a] += 1
             small = (f_old[accept] - f[accept]) <= self.tol * f_old[accept].abs().clamp_min(1e-30)
-            small |= g[accept].abs().amax(1) <= 1e-12
+            small &= self.ptr[a] > 1  # a step before any curvature is known says nothing about convergence
+            small |= (f[accept] <= EXACT) | (g[accept].abs().amax(1) <= 1e-12)
             self.converged[a] = small
             done[accept] = small | (self.iters[a] >= self.iterations)
         moved = start | accept
@@ -256,8 +259,10 @@ class SlotOptimizer:
             gtd[bad] = -(g[bad] * g[bad]).sum(1)
             self.ptr[sl[bad]] = 0
             has = has & ~bad
-        # first step of a search (no curvature yet): torch.optim.LBFGS's min(1, 1/|g|_1) scaling
-        t0 = torch.where(has, torch.ones_like(gtd), (1.0 / g.abs().sum(1).clamp_min(1e-30)).clamp(max=1.0)) * self.lr
+        # first step of a search (no curvature yet): move a tenth of the latent's norm, whatever the loss's scale
+        # (torch.optim.LBFGS's min(1, 1/|g|_1) crawls when the loss is small, as per-pixel MSE is)
+        first = 0.1 * self.u[sl].norm(dim=1).clamp_min(1.0) / g.norm(dim=1).clamp_min(1e-30)
+        t0 = torch.where(has, torch.ones_like(gtd), first) * self.lr
         self.d[sl], self.gtd[sl], self.t[sl] = d, gtd, t0
 
     def _first_order(self, idx, f, mse, mae, g, ok, fresh) -> list[int]:
@@ -275,7 +280,7 @@ class SlotOptimizer:
         if self.trace is not None:
             self.trace[idx, self.iters[idx]] = torch.where(ok, f, self.best_f[idx])
         finished = self.iters[idx] >= self.iterations
-        tiny = ok & (g.abs().amax(1) <= 1e-12)
+        tiny = ok & ((f <= EXACT) | (g.abs().amax(1) <= 1e-12))
         self.converged[idx[tiny]] = True
         done |= finished | tiny
         step = ok & ~done
@@ -288,9 +293,14 @@ class SlotOptimizer:
                 self.m1[s] = b1 * self.m1[s] + (1 - b1) * gs
                 self.m2[s] = b2 * self.m2[s] + (1 - b2) * gs * gs
                 upd = (self.m1[s] / (1 - b1**k)) / ((self.m2[s] / (1 - b2**k)).sqrt() + 1e-8)
+                lr = self.lr
             else:
                 self.m1[s] = 0.9 * self.m1[s] + gs
                 upd = self.m1[s]
-            self.u[s] = self.u[s] - self.lr * upd
+                if self.auto_lr:  # scale-free default: the first step moves 1% of the latent's norm, per image
+                    first = self.iters[s] == 0
+                    self.sgd_lr[s[first]] = 0.01 * self.u[s[first]].norm(dim=1).clamp_min(1.0) / gs[first].norm(dim=1).clamp_min(1e-30)
+                lr = self.sgd_lr[s, None] if self.auto_lr else self.lr
+            self.u[s] = self.u[s] - lr * upd
         self.iters[idx[step | bad]] += 1
         return idx[done].tolist()

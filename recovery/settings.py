@@ -106,8 +106,10 @@ class RecoverySettings:
     iterations: optimizer iterations per restart (an L-BFGS iteration may evaluate G more than once in its line search).
     restarts: random starts per image, best kept. adaptive_threshold: if set, restarts after the first run only
       for images whose best error is still above it.
-    lr: step size; None picks the optimizer's default (lbfgs 1.0 with line search, adam 0.05, sgd 1.0).
-    history: L-BFGS memory. tolerance: an image stops when its relative loss change or gradient max-norm falls below it.
+    lr: step size; None picks the optimizer's default (lbfgs 1.0 with line search, adam 0.05; sgd (momentum 0.9)
+      sizes each image's steps so its first moves 1% of the latent's norm, since MSE gradients scale with the image).
+    history: L-BFGS memory. tolerance: an image stops when an iteration lowers its loss by less than this fraction
+      (1e-5: about a hundred float32 roundings; smaller only chases noise) or its loss is below 1e-10 (exact).
     resolution: audit side length; None uses the generator's output size, smaller pools G(z) down to it.
     keep_latent / keep_trace: add the recovered latent / the error after each iteration to the results.
     """
@@ -122,7 +124,7 @@ class RecoverySettings:
     seed: int = 0
     lr: float | None = None
     history: int = 10
-    tolerance: float = 1e-7
+    tolerance: float = 1e-5
     resolution: int | None = None
     keep_latent: bool = False
     keep_trace: bool = False
