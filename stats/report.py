@@ -1,0 +1,325 @@
+"""The self-contained HTML report, and `report_from_output` behind `memaudit report OUT`.
+
+The report reads top-down: the verdict in one sentence, the statistics, the error
+distributions, convergence, the best/median/worst recoveries, the rejects, then config
+and provenance. Images are embedded as base64 data URIs so the file stands alone. Every
+piece of text that comes from the data (split names, image ids, reasons, the config) is
+HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import scipy
+
+from stats import io as stats_io
+from stats.curves import convergence_curves
+from stats.plots import convergence_png, ecdf_png, histogram_png, split_colors
+from stats.reduction import Reduction, reduce
+from stats.samples import SampleImages, check_samples, prepare
+from stats.settings import StatsSettings, field_names
+from stats.table import RANKS, group_results
+from stats.text import number, percent
+
+MAX_REJECT_GROUPS = 20
+MAX_REJECT_EXAMPLES = 10
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+.verdict { padding: 0.8em 1em; border-radius: 6px; font-size: 1.15em; }
+.memorization { background: #fde2e1; border: 1px solid #d33; }
+.no-evidence { background: #e3f4e1; border: 1px solid #3a3; }
+.inconclusive { background: #fff4d6; border: 1px solid #c90; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child, td.text { text-align: left; }
+figure { display: inline-block; margin: 0.4em; text-align: center; font-size: 0.8em; }
+img.sample { image-rendering: pixelated; width: 128px; }
+pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
+.problem { color: #a00; }
+"""
+
+
+def render_report(
+    reduction: Reduction,
+    *,
+    results: pa.Table,
+    rejects: pa.Table | None = None,
+    samples: pa.Table | None = None,
+    run_info: dict[str, Any] | None = None,
+) -> str:
+    """The report as one self-contained HTML document.
+
+    Args:
+        reduction: what reduce() returned for these results.
+        results: the results table (for the ECDFs and, with a ``trace`` column, the
+            convergence curves).
+        rejects: the rejects table, shown as reason counts and a few examples.
+        samples: best/median/worst recoveries (samples.parquet), drawn as target,
+            recovery and |difference| per split.
+        run_info: run.json's content, shown under provenance.
+    """
+    # The ids were checked by reduce(); the report needs the grouped errors only.
+    groups = group_results(results, check_ids=False)
+    colors = split_colors(reduction.summary.column("split").to_pylist())
+    settings = reduction.settings
+    sections = [
+        _verdict_section(reduction),
+        _statistics_section(reduction),
+        _distributions_section(reduction, groups.errors, colors),
+        _convergence_section(results, groups.rows, colors, settings),
+        _samples_section(samples),
+        _rejects_section(rejects),
+        _provenance_section(settings, run_info),
+    ]
+    body = "\n".join(s for s in sections if s)
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>memaudit report: {_e(reduction.verdict.label)}</title>\n<style>{_STYLE}</style>\n"
+        f"</head>\n<body>\n<h1>memaudit report</h1>\n{body}\n</body>\n</html>\n"
+    )
+
+
+def report_from_output(
+    out_url: str,
+    *,
+    settings: StatsSettings | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> Reduction:
+    """Rebuild summary, tests, histograms and report.html of a run from its output alone.
+
+    Reads OUT/results (and rejects, samples.parquet, run.json when present), reduces,
+    renders and writes, each file atomically. Settings default to run.json's
+    ``config.stats`` (its keys that name StatsSettings fields), else to the defaults.
+    """
+    results, rejects, samples, run_info = stats_io.read_output(out_url, storage_options=storage_options)
+    if settings is None:
+        settings = settings_from_run_info(run_info)
+    reduction = reduce(results, rejects, settings=settings)
+    html_text = render_report(reduction, results=results, rejects=rejects, samples=samples, run_info=run_info)
+    stats_io.write_outputs(out_url, reduction, html_text, storage_options=storage_options)
+    return reduction
+
+
+def settings_from_run_info(run_info: dict[str, Any] | None) -> StatsSettings:
+    """StatsSettings from run.json's config.stats; keys that are not settings are left to the job."""
+    section = _stats_section(run_info)
+    if section is None:
+        return StatsSettings()
+    chosen = {k: v for k, v in section.items() if k in field_names()}
+    return StatsSettings.from_mapping(chosen, where="run.json config.stats")
+
+
+def _stats_section(run_info: dict[str, Any] | None) -> dict[str, Any] | None:
+    config = run_info.get("config") if isinstance(run_info, dict) else None
+    section = config.get("stats") if isinstance(config, dict) else None
+    return section if isinstance(section, dict) else None
+
+
+# --- sections -------------------------------------------------------------------------
+
+
+def _verdict_section(reduction: Reduction) -> str:
+    verdict = reduction.verdict
+    css = verdict.label.replace(" ", "-")
+    reasons = "".join(f"<li>{_e(r)}</li>" for r in verdict.reasons)
+    return (
+        f'<section id="verdict"><p class="verdict {_e(css)}">{_e(verdict.sentence)}</p>\n'
+        f"<ul>{reasons}</ul></section>"
+    )
+
+
+def _statistics_section(reduction: Reduction) -> str:
+    summary_rows = [
+        [
+            r["split"], r["kind"], r["count"], r["rejected"], r["mre"], r["mean"], r["std"], r["min"],
+            r["q05"], r["q25"], r["q75"], r["q95"], r["max"], r["tau"], percent(r["success_rate"]),
+            percent(r["converged_rate"]),
+        ]
+        for r in reduction.summary.to_pylist()
+    ]
+    summary = _table(
+        ["split", "kind", "n", "rejected", "MRE", "mean", "std", "min", "q05", "q25", "q75", "q95", "max",
+         "tau", "success (error < tau)", "converged"],
+        summary_rows,
+    )
+    test_rows = [
+        [
+            f"{t['split_a']} vs {t['split_b']}", t["n_a"], t["n_b"], t["ks_statistic"],
+            number(t["ks_pvalue"], 2), number(t["ks_one_sided_pvalue"], 2), number(t["mw_pvalue"], 2),
+            t["mre_a"], t["mre_b"], t["mre_gap"],
+            "-" if t["gap_ci_low"] is None else f"[{number(t['gap_ci_low'])}, {number(t['gap_ci_high'])}]",
+            t["note"] or "",
+        ]
+        for t in reduction.tests.to_pylist()
+    ]
+    level = f"{reduction.settings.confidence:.0%}"
+    tests = (
+        _table(
+            ["pair (a vs b)", "n a", "n b", "KS D", "KS p", "KS p (a smaller)", "Mann-Whitney p", "MRE a", "MRE b",
+             "MRE-gap", f"gap {level} CI", "note"],
+            test_rows,
+            text_columns=(11,),
+        )
+        if test_rows
+        else "<p>No pair of splits to test (needs train and val, or generated and a real split).</p>"
+    )
+    return (
+        '<section id="statistics"><h2>Statistics</h2>\n'
+        "<p>Per split: MRE is the median recovery error; quantiles interpolate linearly; std is the "
+        "sample standard deviation.</p>\n"
+        f"{summary}\n<p>Tests: a is the split expected to be recovered better; MRE-gap = "
+        "(MRE b &minus; MRE a) / MRE b; KS p is two-sided; the bootstrap CI is a percentile "
+        f"interval of {reduction.settings.bootstrap} resamples.</p>\n{tests}</section>"
+    )
+
+
+def _distributions_section(reduction: Reduction, errors: dict[str, np.ndarray], colors: dict[str, str]) -> str:
+    present = {s: x for s, x in errors.items() if len(x)}
+    first = reduction.tests.to_pylist()[0] if reduction.tests.num_rows else None
+    ks_pair = None
+    if first is not None and first["ks_statistic"] is not None:
+        ks_pair = (first["split_a"], first["split_b"], first["ks_statistic"], first["ks_location"])
+    histogram = histogram_png(reduction.histograms, {s: colors[s] for s in present})
+    ecdf = ecdf_png(present, {s: colors[s] for s in present}, ks_pair)
+    scale = reduction.histograms.column("scale")[0].as_py() if reduction.histograms.num_rows else "linear"
+    return (
+        '<section id="distributions"><h2>Error distributions</h2>\n'
+        f"<p>Histograms on {len(set(reduction.histograms.column('bin').to_pylist()))} shared {_e(scale)}-spaced bins "
+        "that cover every value; the x axis is logarithmic.</p>\n"
+        f"{_img(histogram, 'error histograms per split')}\n"
+        f"{_img(ecdf, 'empirical CDFs per split with the KS distance')}</section>"
+    )
+
+
+def _convergence_section(
+    results: pa.Table,
+    rows: dict[str, np.ndarray],
+    colors: dict[str, str],
+    settings: StatsSettings,
+) -> str:
+    curves = convergence_curves(results, rows, cap=settings.curve_sample, seed=settings.seed)
+    if not curves:
+        return ""
+    counts = "; ".join(f"{_e(s)}: {c.images} of {c.total} traces" for s, c in curves.items())
+    return (
+        '<section id="convergence"><h2>Convergence</h2>\n'
+        "<p>Error after each iteration of the best restart; shorter traces carry their last value "
+        f"forward. Traces used ({counts}).</p>\n"
+        f"{_img(convergence_png(curves, {s: colors[s] for s in curves}), 'convergence curves')}</section>"
+    )
+
+
+def _samples_section(samples: pa.Table | None) -> str:
+    if samples is None or samples.num_rows == 0:
+        return ""
+    check_samples(samples)
+    rows = samples.to_pylist()
+    rank_order = {r: i for i, r in enumerate(RANKS)}
+    splits = list(dict.fromkeys(r["split"] for r in rows))
+    parts = ['<section id="samples"><h2>Recoveries</h2>\n<p>Per split, the best, median and worst '
+             "recoveries: target, recovery and |target &minus; recovery| on the pixel scale.</p>"]
+    for split in splits:
+        mine = sorted((r for r in rows if r["split"] == split), key=lambda r: rank_order[r["rank"]])
+        parts.append(f"<h3>{_e(split)}</h3>")
+        for item in (prepare(r) for r in mine):
+            parts.append(_sample_html(item))
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _sample_html(item: SampleImages) -> str:
+    caption = f"{item.rank}: {item.image_id} (error {number(item.error)})"
+    figures = []
+    for label, png in (("target", item.target), ("recovery", item.recovery), ("|difference|", item.difference)):
+        if png is not None:
+            figures.append(f"<figure>{_img(png, f'{label} of {item.image_id}', css='sample')}<figcaption>{_e(label)}</figcaption></figure>")
+    problem = f'<p class="problem">{_e(item.problem)}</p>' if item.problem else ""
+    return f'<div class="sample"><p>{_e(caption)}</p>{"".join(figures)}{problem}</div>'
+
+
+def _rejects_section(rejects: pa.Table | None) -> str:
+    if rejects is None or rejects.num_rows == 0:
+        return ""
+    keys = [c for c in ("split", "stage", "reason") if c in rejects.column_names]
+    grouped = (
+        rejects.select(keys)
+        .group_by(keys)
+        .aggregate([([], "count_all")])
+        .sort_by([("count_all", "descending")] + [(k, "ascending") for k in keys])
+    )
+    counts = grouped.slice(0, MAX_REJECT_GROUPS).to_pylist()
+    more = grouped.num_rows - len(counts)
+    count_table = _table([*keys, "count"], [[r[k] for k in keys] + [r["count_all"]] for r in counts], text_columns=range(len(keys)))
+    columns = [c for c in ("image_id", "split", "source", "row", "stage", "reason") if c in rejects.column_names]
+    examples = rejects.select(columns).slice(0, MAX_REJECT_EXAMPLES).to_pylist()
+    example_table = _table(columns, [[r[c] for c in columns] for r in examples], text_columns=range(len(columns)))
+    tail = f"<p>{more} more (split, stage, reason) groups not shown.</p>" if more > 0 else ""
+    return (
+        f'<section id="rejects"><h2>Rejects</h2>\n<p>{rejects.num_rows} inputs could not be audited.</p>\n'
+        f"{count_table}{tail}\n<p>Examples:</p>\n{example_table}</section>"
+    )
+
+
+def _provenance_section(settings: StatsSettings, run_info: dict[str, Any] | None) -> str:
+    settings_table = _table(["setting", "value"], [[k, v] for k, v in settings.as_dict().items()], text_columns=(0,))
+    section = _stats_section(run_info)
+    ignored = sorted(set(section) - set(field_names())) if section else []
+    ignored_note = f"<p>Keys of config.stats that are not stats settings: {_e(', '.join(ignored))}.</p>" if ignored else ""
+    run = (
+        f"<h3>run.json</h3>\n<pre>{_e(json.dumps(run_info, indent=2, sort_keys=True, default=str))}</pre>"
+        if run_info is not None
+        else "<p>No run.json.</p>"
+    )
+    versions = {
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "pyarrow": pa.__version__,
+        "matplotlib": matplotlib.__version__,
+    }
+    made = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return (
+        '<section id="provenance"><h2>Config and provenance</h2>\n<h3>Statistics settings</h3>\n'
+        f"{settings_table}{ignored_note}\n{run}\n"
+        f"<p>Report made {_e(made)} with {_e(', '.join(f'{k} {v}' for k, v in versions.items()))}.</p></section>"
+    )
+
+
+# --- HTML helpers ---------------------------------------------------------------------
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _cell(value: object) -> str:
+    return _e(number(value) if isinstance(value, (int, float)) or value is None else value)
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[object]], text_columns: Iterable[int] = ()) -> str:
+    text = set(text_columns) | {0}
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(
+            f'<td class="text">{_cell(v)}</td>' if i in text else f"<td>{_cell(v)}</td>" for i, v in enumerate(row)
+        ) + "</tr>\n"
+        for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>"
+
+
+def _img(png: bytes, alt: str, css: str | None = None) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    klass = f' class="{_e(css)}"' if css else ""
+    return f'<img{klass} alt="{_e(alt)}" src="data:image/png;base64,{data}">'
