@@ -73,7 +73,8 @@ def compare_pair(
 ) -> dict[str, object]:
     xa = np.empty(0) if xa is None else xa
     xb = np.empty(0) if xb is None else xb
-    row: dict[str, object] = {"split_a": a, "split_b": b, "n_a": len(xa), "n_b": len(xb), "bootstrap": 0}
+    row: dict[str, object] = dict.fromkeys(TESTS_SCHEMA.names)
+    row.update(split_a=a, split_b=b, n_a=len(xa), n_b=len(xb), bootstrap=0)
     empty = [s for s, x in ((a, xa), (b, xb)) if len(x) == 0]
     if empty:
         row["note"] = f"split {empty[0]!r} has no results"

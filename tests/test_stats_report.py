@@ -1,0 +1,194 @@
+"""The HTML report: valid, self-contained, escaped, with every section it should have."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from html.parser import HTMLParser
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from PIL import Image
+
+from stats import StatsError, reduce, render_report
+from stats.curves import convergence_curves, padded_traces
+from stats.table import group_results
+
+EVIL = "<script>alert(1)</script>"
+
+
+class Page(HTMLParser):
+    """Collects what the tests look at, and checks that every opened tag is closed."""
+
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.images: list[str] = []
+        self.scripts = 0
+        self.text: list[str] = []
+        self.sections: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        if tag == "script":
+            self.scripts += 1
+        if tag == "section":
+            self.sections.append(attrs.get("id"))
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, f"</{tag}> closes {self.stack[-1:]}"
+        self.stack.pop()
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse(document: str) -> Page:
+    page = Page()
+    page.feed(document)
+    page.close()
+    assert page.stack == []
+    return page
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array.astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_results(with_traces: bool = True) -> pa.Table:
+    rng = np.random.default_rng(0)
+    columns: dict[str, list] = {"image_id": [], "split": [], "error": [], "converged": [], "trace": []}
+    for split, centre, n in (("train", -4.0, 40), ("val", -3.0, 40), ("generated", -9.0, 20)):
+        errors = rng.lognormal(centre, 0.5, n)
+        columns["image_id"] += [f"{split}-{i}" for i in range(n)]
+        columns["split"] += [split] * n
+        columns["error"] += errors.tolist()
+        columns["converged"] += [True] * n
+        # Traces of different lengths, decreasing to the final error.
+        columns["trace"] += [list(e * np.linspace(10, 1, 5 + i % 7)) for i, e in enumerate(errors)]
+    columns["image_id"][0] = EVIL
+    if not with_traces:
+        del columns["trace"]
+    return pa.table(columns, schema=None).cast(
+        pa.schema(
+            [("image_id", pa.string()), ("split", pa.string()), ("error", pa.float64()), ("converged", pa.bool_())]
+            + ([("trace", pa.list_(pa.float32()))] if with_traces else [])
+        )
+    )
+
+
+def make_samples() -> pa.Table:
+    rng = np.random.default_rng(1)
+    rows = []
+    for split in ("train", "val"):
+        for rank in ("worst", "best", "median"):
+            target = rng.integers(0, 256, (8, 8, 3))
+            recovery = np.clip(target + rng.integers(-9, 10, (8, 8, 3)), 0, 255)
+            rows.append(
+                {
+                    "image_id": EVIL if rank == "best" else f"{split}-{rank}",
+                    "split": split,
+                    "rank": rank,
+                    "error": 0.01,
+                    "target": png(target),
+                    "recovery": png(recovery),
+                }
+            )
+    rows.append({"image_id": "broken", "split": "val", "rank": "best", "error": 0.5, "target": b"not a png", "recovery": rows[0]["recovery"]})
+    return pa.Table.from_pylist(rows)
+
+
+def test_report_is_valid_self_contained_html_with_the_verdict():
+    results = make_results()
+    rejects = pa.table(
+        {
+            "image_id": [EVIL, "x"],
+            "split": ["train", "val"],
+            "source": ["s3://b/<i>.png", "s3://b/x.png"],
+            "row": pa.array([3, None], pa.int64()),
+            "stage": ["decode", "decode"],
+            "reason": [f"cannot identify {EVIL}", "truncated"],
+        }
+    )
+    run_info = {"config": {"stats": {"alpha": 0.01, "note": EVIL}}, "fingerprint": "abc"}
+    reduction = reduce(results, rejects)
+    document = render_report(reduction, results=results, rejects=rejects, samples=make_samples(), run_info=run_info)
+    page = parse(document)
+    text = "".join(page.text)
+
+    assert reduction.verdict.sentence in text
+    assert text.index(reduction.verdict.sentence) < text.index("Statistics")  # verdict first
+    assert page.sections == ["verdict", "statistics", "distributions", "convergence", "samples", "rejects", "provenance"]
+    assert page.scripts == 0 and EVIL not in document and "&lt;script&gt;alert(1)&lt;/script&gt;" in document
+    assert EVIL in text  # shown to the reader as text
+    assert "http" not in "".join(page.images)  # nothing fetched from elsewhere
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1]).startswith(b"\x89PNG\r\n\x1a\n")
+    # 2 distributions + 1 convergence + 6 complete samples x 3 + the broken one's recovery
+    assert len(page.images) == 3 + 6 * 3 + 1
+    assert "target image cannot be decoded" in text
+    assert '"fingerprint": "abc"' in text and "Keys of config.stats that are not stats settings: note" in text
+
+
+def test_report_without_traces_samples_rejects_or_run_info():
+    results = make_results(with_traces=False)
+    page = parse(render_report(reduce(results), results=results))
+    assert page.sections == ["verdict", "statistics", "distributions", "provenance"]
+    assert len(page.images) == 2
+
+
+def test_difference_image_is_the_absolute_difference():
+    from stats.samples import prepare
+
+    target = np.array([[0, 100], [200, 255]], dtype=np.uint8)
+    recovery = np.array([[10, 90], [255, 0]], dtype=np.uint8)
+    item = prepare({"image_id": "a", "split": "train", "rank": "best", "error": 0.1, "target": png(target), "recovery": png(recovery)})
+    difference = np.asarray(Image.open(io.BytesIO(item.difference)))
+    assert difference.tolist() == [[10, 10], [55, 255]]
+    assert item.problem is None
+
+
+def test_bad_samples_table_is_a_stats_error():
+    results = make_results(with_traces=False)
+    samples = make_samples().set_column(2, "rank", pa.array(["top"] * 7))
+    with pytest.raises(StatsError, match="rank.*'top'"):
+        render_report(reduce(results), results=results, samples=samples)
+
+
+def test_padded_traces_carry_the_last_value_forward():
+    traces = pa.array([[3.0, 2.0, 1.0], [5.0], [], None, [4.0, 3.5]], pa.list_(pa.float32()))
+    assert padded_traces(traces).tolist() == [[3.0, 2.0, 1.0], [5.0, 5.0, 5.0], [4.0, 3.5, 3.5]]
+
+
+def test_convergence_curves_are_quartiles_per_iteration():
+    results = make_results()
+    groups = group_results(results)
+    curves = convergence_curves(results, groups.rows, cap=1000, seed=0)
+    assert list(curves) == ["train", "val", "generated"]
+    traces = results.filter(pc.equal(results.column("split"), "val")).column("trace").to_pylist()
+    longest = max(len(t) for t in traces)
+    matrix = np.array([t + [t[-1]] * (longest - len(t)) for t in traces], dtype=np.float64)
+    assert curves["val"].median == pytest.approx(np.median(matrix, axis=0))
+    assert curves["val"].q25 == pytest.approx(np.quantile(matrix, 0.25, axis=0))
+    capped = convergence_curves(results, groups.rows, cap=10, seed=0)
+    assert capped["val"].images == 10 and capped["val"].total == 40
+
+
+def test_report_metadata_records_settings_and_verdict():
+    results = make_results(with_traces=False)
+    reduction = reduce(results)
+    meta = json.loads(reduction.summary.schema.metadata[b"memaudit.stats"])
+    assert meta["verdict"]["label"] == reduction.verdict.label
+    assert meta["settings"]["alpha"] == 0.01
