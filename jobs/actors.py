@@ -1,0 +1,262 @@
+"""The Ray actor: one generator, loaded once, running shards and rendering samples.
+
+    actor = make_actor_class(config).remote(config, fingerprint)
+    ray.get(actor.ready.remote())              # the generator is loaded; raises what loading raised
+    report = ray.get(actor.run_shard.remote(shard))
+
+An actor reads its shard's rows straight from the source, turns each into a target
+(recovery.to_target; a failure is a rejects row), runs recovery.recover on the rest, and writes the
+shard's results part and then its rejects part to the output store, each in one atomic put. Only a
+small ShardReport goes back to the driver, so the driver's memory does not grow with the data.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from . import outputs, storage
+from .config import AuditConfig
+from .plan import Shard, generated_ids
+from .sources import Item, content_hash, read_items
+
+# Fault injection for tests only: "<shard id>:<marker file>" makes the actor process exit abruptly the
+# first time it runs that shard (the marker records that it did), as a preempted node would.
+CRASH_ONCE_ENV = "MEMAUDIT_TEST_CRASH_ONCE"
+
+
+@dataclass(frozen=True)
+class ShardReport:
+    """What a finished shard tells the driver: counts and time, nothing that grows with the data."""
+
+    shard_id: str
+    split: str
+    images: int
+    results: int
+    rejects: int
+    failures: int  # of the rejects: images whose search found no finite loss (stage "recover")
+    seconds: float
+    node: str
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """One image to render for samples.parquet: where it is, and which rank it holds in its split."""
+
+    split: str
+    rank: str  # best | median | worst
+    image_id: str
+    error: float
+    source_index: int  # -1 for generated
+    source: str  # file URL (or generated:seed=<n>)
+    row: int
+
+
+def make_actor_class(config: AuditConfig):
+    """AuditActor as a Ray actor class with the config's resources and Ray's fault tolerance.
+
+    max_restarts: a dead actor (a crashed process, a lost node) is started again, elsewhere if need be;
+    max_task_retries: the shard it was running is then retried on it by Ray. Failures raised by our code
+    are not retried by Ray but by the driver (job.shard_retries).
+    """
+    import ray
+
+    return ray.remote(
+        num_cpus=config.resources.cpus_per_actor,
+        num_gpus=config.resources.gpus_per_actor,
+        max_restarts=2,
+        max_task_retries=2,
+    )(AuditActor)
+
+
+class AuditActor:
+    """Holds one loaded generator (and feature net) and runs shards on it."""
+
+    def __init__(self, config: AuditConfig, fingerprint: str) -> None:
+        import torch
+
+        import recovery
+
+        self.config = config
+        self.fingerprint = fingerprint
+        self.node = socket.gethostname()
+        self.error: Exception | None = None
+        started = time.time()
+        try:
+            torch.set_num_threads(max(1, int(round(config.resources.cpus_per_actor))))
+            device = recovery.default_device()
+            endpoint = config.storage.endpoint_url
+            spec = config.generator
+            url = spec.torchscript or spec.checkpoint or ""
+            self.generator = recovery.load_generator(spec, device=device, storage_options=storage.storage_options(url, endpoint))
+            self.feature_net = None
+            if config.feature_net:
+                self.feature_net = recovery.load_feature_net(
+                    config.feature_net, device=device, storage_options=storage.storage_options(config.feature_net, endpoint))
+            self.shape = recovery.target_shape(self.generator, config.recovery)
+        except Exception as exc:  # noqa: BLE001 - kept and raised by ready(), so the driver sees the cause itself
+            self.error = exc
+        self.load_seconds = time.time() - started
+
+    def ready(self) -> dict:
+        """Raises the error that loading the generator raised; else where and how this actor runs."""
+        if self.error is not None:
+            raise self.error
+        return {"node": self.node, "device": str(self.generator.device), "shape": list(self.shape),
+                "load_seconds": round(self.load_seconds, 3), "pid": os.getpid()}
+
+    # -----------------------------------------------------------------------------------------------------
+
+    def run_shard(self, shard: Shard) -> ShardReport:
+        """Audit one shard and write its parts; raises (and writes nothing final) if the shard cannot be done."""
+        import torch
+
+        import recovery
+
+        if self.error is not None:
+            raise self.error
+        _maybe_crash(shard.id)
+        started = time.time()
+        config, out, endpoint = self.config, self.config.output, self.config.storage.endpoint_url
+        rejects: list[tuple[Item, str, str]] = []
+        if shard.generated:
+            ids = generated_ids(shard.start, shard.stop)
+            z0, targets = recovery.sample_generated(self.generator, ids, seed=config.targets.generated.seed,
+                                                    settings=config.recovery)  # [N, *latent], [N, C, H, W]
+            where = [f"generated:seed={config.targets.generated.seed}"] * len(ids)
+            rows = list(range(shard.start, shard.stop))
+        else:
+            src = config.targets.splits[shard.split][shard.source_index]
+            items = read_items(src, shard.segments, config.base_dir, endpoint)
+            if len(items) != shard.size:
+                raise RuntimeError(f"shard {shard.id}: read {len(items)} images, planned {shard.size} (did the source change?)")
+            kept, tensors = [], []
+            for item in items:
+                if item.error is not None:
+                    rejects.append((item, "read", item.error))
+                    continue
+                try:
+                    tensors.append(recovery.to_target(item.data, shape=self.shape, output_range=config.generator.output_range,
+                                                      upscale=config.targets.upscale))  # [C, H, W] float32
+                    kept.append(item)
+                except recovery.ImageError as exc:
+                    rejects.append((item, "decode", str(exc)))
+            ids = [i.image_id for i in kept]
+            where = [i.source for i in kept]
+            rows = [i.row for i in kept]
+            targets = torch.stack(tensors) if tensors else torch.empty((0, *self.shape))
+            z0 = None
+        failures = 0
+        if ids:
+            table = recovery.recover(self.generator, targets, ids, settings=config.recovery, feature_net=self.feature_net)
+            results = _results_table(table, shard.split, where, rows, [content_hash(t.numpy()) for t in targets], z0)
+            if "failure" in results.column_names and results.column("failure").null_count < results.num_rows:
+                # G gave no finite loss from any start: the image cannot be audited, so it is a rejects row.
+                failed = results.filter(pc.invert(pc.is_null(results.column("failure"))))
+                results = results.filter(pc.is_null(results.column("failure")))
+                failures = failed.num_rows
+                rejects += [(Item(r["image_id"], r["source"], r["row"], None), "recover", r["failure"])
+                            for r in failed.select(["image_id", "source", "row", "failure"]).to_pylist()]
+            if results.num_rows:
+                storage.put_atomic(outputs.results_url(out, shard.split, shard.id),
+                                   outputs.part_bytes(results, fingerprint=self.fingerprint, shard_id=shard.id), endpoint)
+        storage.put_atomic(outputs.rejects_url(out, shard.id),  # last: the shard's done marker
+                           outputs.part_bytes(_rejects_table(rejects, shard.split), fingerprint=self.fingerprint,
+                                              shard_id=shard.id), endpoint)
+        return ShardReport(shard.id, shard.split, shard.size, shard.size - len(rejects), len(rejects), failures,
+                           time.time() - started, self.node)
+
+    def render_samples(self, requests: list[SampleRequest]) -> bytes:
+        """samples.parquet for a few images, as Parquet bytes: each image is recovered again (recover() is
+        deterministic per image, so this reproduces its results row) and rendered with its target."""
+        import torch
+
+        import recovery
+
+        if self.error is not None:
+            raise self.error
+        config, endpoint = self.config, self.config.storage.endpoint_url
+        output_range = config.generator.output_range
+        targets, ids = [], []
+        for req in requests:
+            if req.source_index < 0:
+                _, target = recovery.sample_generated(self.generator, [req.image_id], seed=config.targets.generated.seed,
+                                                      settings=config.recovery)
+                targets.append(target[0])
+            else:
+                src = config.targets.splits[req.split][req.source_index]
+                (item,) = read_items(src, [(req.source, [req.row])], config.base_dir, endpoint)
+                if item.image_id != req.image_id or item.data is None:
+                    raise RuntimeError(f"samples: {req.source} row {req.row} is no longer image {req.image_id!r}")
+                targets.append(recovery.to_target(item.data, shape=self.shape, output_range=output_range,
+                                                  upscale=config.targets.upscale))
+            ids.append(req.image_id)
+        stacked = torch.stack(targets) if targets else torch.empty((0, *self.shape))  # [N, C, H, W]
+        settings = replace(config.recovery, keep_latent=True, keep_trace=False)
+        table = recovery.recover(self.generator, stacked, ids, settings=settings, feature_net=self.feature_net)
+        dim = int(np.prod(self.generator.latent.shape))
+        values = table.column("latent").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        latents = torch.from_numpy(np.array(values, dtype=np.float32).reshape(-1, dim))  # [N, D]: the recovered z
+        rendered = recovery.render(self.generator, latents, settings=config.recovery)  # [N, C, H, W]
+        samples = pa.table({
+            "image_id": pa.array(ids, pa.string()),
+            "split": pa.array([r.split for r in requests], pa.string()),
+            "rank": pa.array([r.rank for r in requests], pa.string()),
+            "error": table.column("error"),
+            "results_error": pa.array([r.error for r in requests], pa.float64()),  # the row's error, for comparison
+            "target": pa.array([recovery.to_png(t, output_range=output_range) for t in stacked], pa.binary()),
+            "recovery": pa.array([recovery.to_png(r, output_range=output_range) for r in rendered], pa.binary()),
+        })
+        buf = pa.BufferOutputStream()
+        pq.write_table(samples, buf)
+        return buf.getvalue().to_pybytes()
+
+    def ping(self) -> bool:
+        return True
+
+
+def _results_table(table: pa.Table, split: str, sources: list[str], rows: list[int], hashes: list[str], z0) -> pa.Table:
+    """recover()'s table with split, source and row after image_id, and target_hash (+ z0 for generated) at the end."""
+    n = table.num_rows
+    columns = {"image_id": table.column("image_id"),
+               "split": pa.array([split] * n, pa.string()),
+               "source": pa.array(sources, pa.string()),
+               "row": pa.array(rows, pa.int64())}
+    for name in table.column_names:
+        if name != "image_id":
+            columns[name] = table.column(name)
+    columns["target_hash"] = pa.array(hashes, pa.string())
+    if z0 is not None:
+        flat = z0.reshape(n, -1).float().cpu().numpy()  # [N, D]
+        offsets = pa.array(np.arange(n + 1, dtype=np.int32) * flat.shape[1], pa.int32())
+        columns["z0"] = pa.ListArray.from_arrays(offsets, pa.array(flat.reshape(-1), pa.float32()))
+    return pa.table(columns)
+
+
+def _rejects_table(rejects: list[tuple[Item, str, str]], split: str) -> pa.Table:
+    return pa.table({
+        "image_id": pa.array([i.image_id for i, _, _ in rejects], pa.string()),
+        "split": pa.array([split] * len(rejects), pa.string()),
+        "source": pa.array([i.source for i, _, _ in rejects], pa.string()),
+        "row": pa.array([i.row for i, _, _ in rejects], pa.int64()),
+        "stage": pa.array([stage for _, stage, _ in rejects], pa.string()),
+        "reason": pa.array([reason for _, _, reason in rejects], pa.string()),
+    }, schema=outputs.REJECTS_SCHEMA)
+
+
+def _maybe_crash(shard_id: str) -> None:
+    spec = os.environ.get(CRASH_ONCE_ENV)
+    if not spec:
+        return
+    target, _, marker = spec.partition(":")
+    if target == shard_id and marker and not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        os._exit(1)

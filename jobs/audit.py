@@ -1,0 +1,112 @@
+"""`python -m jobs.audit`: the job entry point (the same code as `memaudit audit`).
+
+    python -m jobs.audit --config audit.yaml                      # no Ray address: starts a local Ray instance
+    ray job submit --working-dir . -- python -m jobs.audit --config audit.yaml
+    python -m jobs.audit --config audit.yaml --set recovery.iterations=20 --out s3://bucket/audits/x/
+    python -m jobs.audit --config audit.yaml --dry-run            # validate, list sources, print the plan; no Ray
+
+Exit codes: 0 done (or stopped by --max-shards), 1 the job ran but shards failed, the inputs overlap, or too
+many images were rejected, 2 a user error (printed as one line `error: ...`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from .config import DEFAULT_OUTPUT, ConfigError, load_config
+
+log = logging.getLogger("memaudit")
+
+
+def parser(prog: str = "python -m jobs.audit") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Audit an image generator for training-set memorization "
+                                "by latent recovery (Webster et al., CVPR 2019), as a Ray job.")
+    p.add_argument("--config", help="the audit YAML; default: the bundled demo (jobs/assets/demo.yaml)")
+    p.add_argument("--out", help=f"output URL (overrides `output:`; default ./{DEFAULT_OUTPUT})")
+    p.add_argument("--overwrite", action="store_true", help="replace an output that holds another audit")
+    p.add_argument("--address", help="Ray address to connect to (default: $RAY_ADDRESS, else start a local instance)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set recovery.iterations=20 (repeatable; values are YAML)")
+    p.add_argument("--actors", type=int, help="shorthand for --set resources.actors=N")
+    p.add_argument("--max-shards", type=int, metavar="N", help="run at most N of the shards not yet done, then stop")
+    p.add_argument("--dry-run", action="store_true", help="validate the config, list the sources and print the plan")
+    p.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    return p
+
+
+def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -> int:
+    args = parser(prog).parse_args(argv)
+    _logging(args.quiet)
+    from recovery import RecoveryError
+    from stats import StatsError
+
+    overrides = list(args.overrides) + ([f"resources.actors={args.actors}"] if args.actors is not None else [])
+    started_ray = False
+    try:
+        if args.max_shards is not None and args.max_shards < 0:
+            raise ConfigError(f"--max-shards: must be >= 0, got {args.max_shards}")
+        config = load_config(args.config, overrides=overrides, out=args.out)
+        from .plan import make_plan
+
+        plan = make_plan(config)  # lists sources and checks ids before Ray starts
+        if args.dry_run:
+            print(plan.describe())
+            print(f"output: {config.output}")
+            return 0
+        started_ray, address = _connect(args.address)
+        from .driver import run_audit
+
+        outcome = run_audit(config, plan=plan, overwrite=args.overwrite, max_shards=args.max_shards,
+                            local=started_ray, address=address)
+        return outcome.exit_code
+    except (ConfigError, RecoveryError, StatsError) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except Exception as exc:
+        from .driver import JobError
+
+        if isinstance(exc, JobError):
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            return 1
+        raise
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _connect(address: str | None) -> tuple[bool, str | None]:
+    """Connect to Ray: an existing connection, --address, $RAY_ADDRESS, or a new local instance sized to the
+    machine (bound to 127.0.0.1). Returns (whether this process started Ray, the address used)."""
+    import ray
+
+    if ray.is_initialized():
+        return False, address
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        log.info("connecting to the Ray cluster at %s", address)
+        ray.init(address=address, logging_level=logging.WARNING)
+        return False, address
+    log.info("no Ray address given: starting a local Ray instance with %d CPUs", os.cpu_count() or 1)
+    ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, logging_level=logging.WARNING,
+             _node_ip_address="127.0.0.1")
+    return True, None
+
+
+def _logging(quiet: bool) -> None:
+    """Plain timestamped lines on stdout: what a terminal and `ray job logs` both show well."""
+    if log.handlers:
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s memaudit %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

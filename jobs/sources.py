@@ -1,0 +1,342 @@
+"""Target images from their sources: list files, count rows, read a set of rows, derive and check ids.
+
+Formats sit in a registry keyed by the config's `format` choices (inferred from the extension):
+
+    parquet                  one image per row: an encoded image column (PNG/JPEG bytes) or a raw uint8
+                             array column with a fixed `shape` or a per-row `shape_column`
+    png jpg jpeg webp bmp    one image per file, listed by glob
+
+Rows of a source are numbered over its files in sorted order (a Parquet file's rows in file order; an
+image file is one row). Row counts come from Parquet footers, never from reading data. `select_rows`
+draws the seeded per-split subsample of `targets.limit`. Ids come from `id_column`, or are derived:
+`<file>#<row>` for Parquet and `<file>` for an image file, where <file> is the path relative to the
+config's directory for local files and the full URL otherwise.
+
+The driver checks ids before any work (cheap: the id column only): duplicates within a split and ids
+shared by train and val are refused. Equal image *content* under different ids is checked after the run
+from the `target_hash` column that actors add to every results row (hashing every image in the driver
+would read the whole data set twice at 10^6 scale).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import storage
+
+if TYPE_CHECKING:
+    from .config import SourceConfig
+
+GLOB_CHARS = "*?["
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp")
+
+
+class SourceError(ValueError):
+    """A source that cannot be used (no files, a missing column); raised as the config's ConfigError by plan."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input image as read: `data` is encoded bytes or a uint8 [H, W] / [H, W, C] array, or None with `error`."""
+
+    image_id: str
+    source: str  # the file's URL
+    row: int  # the row inside that file (0 for an image file)
+    data: bytes | np.ndarray | None
+    error: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Formats
+
+
+class ParquetFormat:
+    extensions = ("parquet", "pq")
+
+    def check_schema(self, schema: pa.Schema, src: "SourceConfig", url: str) -> None:
+        """Raise SourceError if the columns `src` names are missing or of the wrong type."""
+        wanted = {"image_column": src.image_column, "array_column": src.array_column,
+                  "shape_column": src.shape_column, "id_column": src.id_column}
+        for key, column in wanted.items():
+            if column is None:
+                continue
+            if column not in schema.names:
+                raise SourceError(f"{key}: {url} has no column {column!r} (columns: {', '.join(schema.names)})")
+            t = schema.field(column).type
+            ok = {
+                "image_column": pa.types.is_binary(t) or pa.types.is_large_binary(t),
+                "array_column": pa.types.is_binary(t) or pa.types.is_large_binary(t) or _is_list_of(t, pa.types.is_integer),
+                "shape_column": _is_list_of(t, pa.types.is_integer),
+                "id_column": pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t),
+            }[key]
+            if not ok:
+                expect = {"image_column": "binary (encoded image bytes)", "array_column": "list<uint8> or binary",
+                          "shape_column": "list<int>", "id_column": "string or integer"}[key]
+                raise SourceError(f"{key}: column {column!r} of {url} is {t}, expected {expect}")
+
+    def count_rows(self, url: str, src: "SourceConfig", endpoint_url: str | None) -> int:
+        def footer() -> pq.FileMetaData:
+            fs, path = storage.filesystem(url, endpoint_url)
+            with fs.open(path, "rb") as f:
+                return pq.ParquetFile(f).metadata
+
+        meta = storage.retrying(footer, f"reading the footer of {url}")
+        self.check_schema(meta.schema.to_arrow_schema(), src, url)
+        return meta.num_rows
+
+    def read_ids(self, url: str, src: "SourceConfig", base_dir: str, endpoint_url: str | None) -> list[str]:
+        if src.id_column is None:
+            n = self.count_rows(url, src, endpoint_url)
+            return [derived_id(url, base_dir, row) for row in range(n)]
+        fs, path = storage.filesystem(url, endpoint_url)
+        with fs.open(path, "rb") as f:
+            column = pq.ParquetFile(f).read(columns=[src.id_column]).column(0)
+        return [None if v is None else str(v) for v in column.to_pylist()]
+
+    def read_rows(self, url: str, rows: Sequence[int], src: "SourceConfig", base_dir: str,
+                  endpoint_url: str | None) -> list[Item]:
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return []
+        if np.any(np.diff(rows) <= 0):
+            raise ValueError("rows must be strictly increasing")
+        data_column = src.image_column or src.array_column
+        columns = [c for c in dict.fromkeys((data_column, src.id_column, src.shape_column)) if c]
+        fs, path = storage.filesystem(url, endpoint_url)
+        items: list[Item] = []
+        with fs.open(path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            self.check_schema(pf.schema_arrow, src, url)
+            if rows[-1] >= pf.metadata.num_rows:
+                raise SourceError(f"{url} has {pf.metadata.num_rows} rows, row {int(rows[-1])} was asked for (did it change?)")
+            start = 0
+            for g in range(pf.metadata.num_row_groups):
+                stop = start + pf.metadata.row_group(g).num_rows
+                lo, hi = np.searchsorted(rows, [start, stop])
+                if hi > lo:
+                    # Batches keep memory bounded when a row group holds many images.
+                    offset = start
+                    for batch in pf.iter_batches(batch_size=1024, row_groups=[g], columns=columns):
+                        end = offset + batch.num_rows
+                        a, b = np.searchsorted(rows, [offset, end])
+                        if b > a:
+                            table = pa.Table.from_batches([batch]).take(pa.array(rows[a:b] - offset))
+                            items.extend(self._items(table, rows[a:b], src, url, base_dir))
+                        offset = end
+                start = stop
+        return items
+
+    def _items(self, table: pa.Table, rows: np.ndarray, src: "SourceConfig", url: str, base_dir: str) -> list[Item]:
+        data = table.column(src.image_column or src.array_column).to_pylist()
+        ids = table.column(src.id_column).to_pylist() if src.id_column else [None] * len(rows)
+        shapes = table.column(src.shape_column).to_pylist() if src.shape_column else [src.shape] * len(rows)
+        items = []
+        for row, value, image_id, shape in zip(rows.tolist(), data, ids, shapes):
+            image_id = str(image_id) if src.id_column else derived_id(url, base_dir, row)
+            if value is None:
+                items.append(Item(image_id, url, row, None, "no image (null)"))
+            elif src.image_column:
+                items.append(Item(image_id, url, row, value))
+            else:
+                array = np.frombuffer(value, dtype=np.uint8) if isinstance(value, bytes) else np.asarray(value)
+                if array.dtype != np.uint8 and (array.size and (array.min() < 0 or array.max() > 255)):
+                    items.append(Item(image_id, url, row, None, "array values outside 0..255"))
+                    continue
+                if shape is None or int(np.prod(shape)) != array.size:
+                    items.append(Item(image_id, url, row, None, f"{array.size} values do not fit shape {shape}"))
+                    continue
+                items.append(Item(image_id, url, row, array.astype(np.uint8).reshape(tuple(shape))))
+        return items
+
+
+class ImageFiles:
+    """One encoded image per file; decoding is recovery.to_target's (PIL)."""
+
+    def __init__(self, extension: str) -> None:
+        self.extensions = (extension,)
+
+    def count_rows(self, url: str, src: "SourceConfig", endpoint_url: str | None) -> int:
+        return 1
+
+    def read_ids(self, url: str, src: "SourceConfig", base_dir: str, endpoint_url: str | None) -> list[str]:
+        return [derived_id(url, base_dir, None)]
+
+    def read_rows(self, url: str, rows: Sequence[int], src: "SourceConfig", base_dir: str,
+                  endpoint_url: str | None) -> list[Item]:
+        raise NotImplementedError("image files are read together: see read_files")
+
+
+FORMATS: dict[str, ParquetFormat | ImageFiles] = {"parquet": ParquetFormat(), **{e: ImageFiles(e) for e in IMAGE_EXTENSIONS}}
+
+
+def infer_format(uri: str) -> str | None:
+    """The format a uri's extension names (`*.PNG` -> png, `x.pq` -> parquet), or None."""
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    if "." not in name:
+        return None
+    ext = name.rsplit(".", 1)[-1].lower()
+    for key, fmt in FORMATS.items():
+        if ext in fmt.extensions:
+            return key
+    return None
+
+
+def _is_list_of(t: pa.DataType, pred) -> bool:
+    return (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) and pred(t.value_type)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Listing and reading
+
+
+@dataclass(frozen=True)
+class SourceListing:
+    """One configured source, expanded: its files (sorted URLs) and their row counts."""
+
+    split: str
+    index: int
+    source: "SourceConfig"
+    files: tuple[str, ...]
+    rows: tuple[int, ...]
+
+    @property
+    def total(self) -> int:
+        return sum(self.rows)
+
+    def locate(self, positions: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Source row positions (sorted) -> [(file index, rows inside that file)]."""
+        bounds = np.cumsum((0,) + self.rows)
+        out = []
+        for f in range(len(self.files)):
+            lo, hi = np.searchsorted(positions, [bounds[f], bounds[f + 1]])
+            if hi > lo:
+                out.append((f, positions[lo:hi] - bounds[f]))
+        return out
+
+
+def list_files(src: "SourceConfig", endpoint_url: str | None) -> list[str]:
+    """The files a source names: a glob, a directory (files with the format's extensions) or one file; sorted URLs."""
+    fmt = FORMATS[src.resolved_format()]
+    fs, path = storage.filesystem(src.uri, endpoint_url)
+    fs.invalidate_cache()
+    if any(c in src.uri for c in GLOB_CHARS):
+        found = storage.retrying(lambda: fs.glob(path), f"listing {src.uri}")
+        files = [p for p in found if storage.retrying(lambda p=p: fs.isfile(p), f"checking {p}")]
+    elif storage.retrying(lambda: fs.isdir(path), f"checking {src.uri}"):
+        entries = storage.retrying(lambda: fs.ls(path, detail=True), f"listing {src.uri}")
+        files = [e["name"] for e in entries if e.get("type") == "file"
+                 and e["name"].rsplit(".", 1)[-1].lower() in fmt.extensions]
+    elif storage.retrying(lambda: fs.exists(path), f"checking {src.uri}"):
+        files = [path]
+    else:
+        files = []
+    return sorted(storage.with_protocol(src.uri, p) for p in files)
+
+
+def list_source(split: str, index: int, src: "SourceConfig", endpoint_url: str | None) -> SourceListing:
+    """List a source's files and count their rows (Parquet footers only). Raises SourceError if it is empty."""
+    files = list_files(src, endpoint_url)
+    if not files:
+        raise SourceError(f"uri: no {src.resolved_format()} files match {src.uri!r}")
+    fmt = FORMATS[src.resolved_format()]
+    if isinstance(fmt, ImageFiles):
+        rows = [1] * len(files)
+    else:
+        with ThreadPoolExecutor(max_workers=16) as pool:  # one footer request per file; object stores like parallel
+            rows = list(pool.map(lambda u: fmt.count_rows(u, src, endpoint_url), files))
+    return SourceListing(split, index, src, tuple(files), tuple(rows))
+
+
+def read_ids(listing: SourceListing, positions: np.ndarray, base_dir: str, endpoint_url: str | None) -> list[str | None]:
+    """The ids of the given source row positions (the id column only, or derived from paths)."""
+    fmt = FORMATS[listing.source.resolved_format()]
+    ids: list[str | None] = []
+    for f, rows in listing.locate(positions):
+        url = listing.files[f]
+        if isinstance(fmt, ImageFiles):
+            ids.append(derived_id(url, base_dir, None))
+        elif listing.source.id_column is None:
+            ids.extend(derived_id(url, base_dir, int(r)) for r in rows)
+        else:
+            every = storage.retrying(lambda: fmt.read_ids(url, listing.source, base_dir, endpoint_url), f"reading ids of {url}")
+            ids.extend(every[int(r)] for r in rows)
+    return ids
+
+
+def read_items(src: "SourceConfig", segments: Iterable[tuple[str, Sequence[int]]], base_dir: str,
+               endpoint_url: str | None) -> list[Item]:
+    """Read the images of (file URL, rows in that file) segments, in order. A file that cannot be read
+    becomes Items with an error (rejects); a Parquet file that cannot be read fails the call."""
+    fmt = FORMATS[src.resolved_format()]
+    segments = list(segments)
+    if isinstance(fmt, ImageFiles):
+        def one(url: str) -> Item:
+            image_id = derived_id(url, base_dir, None)
+            try:
+                return Item(image_id, url, 0, storage.read_bytes(url, endpoint_url))
+            except OSError as exc:  # a missing or unreadable file is this image's reject, not the shard's failure
+                return Item(image_id, url, 0, None, f"cannot read file: {type(exc).__name__}: {exc}")
+
+        with ThreadPoolExecutor(max_workers=16) as pool:  # many small objects: fetch them concurrently
+            return list(pool.map(one, [url for url, _ in segments]))
+    items = []
+    for url, rows in segments:
+        items.extend(storage.retrying(lambda url=url, rows=rows: fmt.read_rows(url, rows, src, base_dir, endpoint_url),
+                                      f"reading {url}"))
+    return items
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Ids, subsampling and checks
+
+
+def derived_id(url: str, base_dir: str, row: int | None) -> str:
+    """An id from where an image lives: `<file>#<row>` for a Parquet row, `<file>` for an image file."""
+    from .config import identity
+
+    name = identity(url, base_dir)
+    return name if row is None else f"{name}#{row}"
+
+
+def select_rows(total: int, limit: int | None, seed: int, split: str) -> np.ndarray:
+    """The sorted positions of a split's rows to audit: all, or `limit` of them drawn at random.
+
+    The draw depends only on (total, limit, seed, split name), so it is the same in every run.
+    """
+    if limit is None or limit >= total:
+        return np.arange(total, dtype=np.int64)
+    split_key = int.from_bytes(hashlib.sha256(split.encode()).digest()[:8], "little")
+    rng = np.random.default_rng([seed, split_key])
+    return np.sort(rng.choice(total, size=limit, replace=False)).astype(np.int64)
+
+
+def check_ids(ids_by_split: dict[str, Sequence[str | None]], *, examples: int = 3) -> None:
+    """Refuse missing ids, duplicate ids within a split, and ids in both train and val (SourceError)."""
+    for split, ids in ids_by_split.items():
+        missing = sum(1 for i in ids if i is None)
+        if missing:
+            raise SourceError(f"targets.{split}: {missing} rows have no id (null in the id column)")
+        counts = Counter(ids)
+        dups = [(i, c) for i, c in counts.items() if c > 1]
+        if dups:
+            shown = ", ".join(f"{i!r} x{c}" for i, c in dups[:examples])
+            raise SourceError(f"targets.{split}: {len(dups)} ids occur more than once, e.g. {shown}")
+    if "train" in ids_by_split and "val" in ids_by_split:
+        both = sorted(set(ids_by_split["train"]) & set(ids_by_split["val"]))
+        if both:
+            shown = ", ".join(repr(i) for i in both[:examples])
+            raise SourceError(f"targets: {len(both)} ids are in both train and val, e.g. {shown}; "
+                              "a held-out image must not be a training image")
+
+
+def content_hash(array: np.ndarray) -> str:
+    """A short hash of an image as audited (its target tensor's bytes): equal images, equal hashes."""
+    return hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=8).hexdigest()

@@ -1,0 +1,133 @@
+"""Every byte memaudit reads or writes goes through here: fsspec filesystems for URLs, atomic writes, retries.
+
+Any URL fsspec can open works (local paths, s3://, gs://, ...). For S3-compatible stores the config's
+storage.endpoint_url is passed to s3fs; credentials come from the standard AWS chain (environment,
+~/.aws, instance roles) and are never read, stored or logged by memaudit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import tempfile
+import time
+from typing import Callable, TypeVar
+
+import fsspec
+from fsspec.core import split_protocol
+
+log = logging.getLogger("memaudit")
+T = TypeVar("T")
+
+LOCAL = (None, "file", "local")
+ATTEMPTS = 4  # one try and three retries, after 0.5, 1 and 2 s (plus jitter)
+
+
+def storage_options(url: str, endpoint_url: str | None) -> dict:
+    """The fsspec options for `url`: the endpoint for s3:// URLs, nothing for other protocols."""
+    protocol = split_protocol(url)[0]
+    if protocol in ("s3", "s3a") and endpoint_url:
+        return {"client_kwargs": {"endpoint_url": endpoint_url}}
+    return {}
+
+
+def filesystem(url: str, endpoint_url: str | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path inside it) for a URL."""
+    fs, path = fsspec.core.url_to_fs(url, **storage_options(url, endpoint_url))
+    return fs, path
+
+
+def is_local(url: str) -> bool:
+    return split_protocol(url)[0] in LOCAL
+
+
+def join(base: str, *parts: str) -> str:
+    """`base`/`part`/... for URLs and local paths alike."""
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def with_protocol(like: str, path: str) -> str:
+    """A path returned by fs.glob/ls, with the protocol of the URL it came from (s3://bucket/key)."""
+    protocol = split_protocol(like)[0]
+    if protocol in LOCAL:
+        return path
+    return f"{protocol}://{path}" if not path.startswith(f"{protocol}://") else path
+
+
+def transient(exc: BaseException) -> bool:
+    """Errors worth retrying: network and server trouble, not a missing file or a denied request."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)):
+        return False
+    return isinstance(exc, (OSError, ConnectionError, TimeoutError))
+
+
+def retrying(fn: Callable[[], T], what: str) -> T:
+    """Run `fn`, retrying transient storage errors with exponential backoff; the last error is raised."""
+    for attempt in range(ATTEMPTS):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - classified by transient(); anything else re-raised at once
+            if attempt == ATTEMPTS - 1 or not transient(exc):
+                raise
+            delay = 0.5 * 2**attempt * (1 + 0.25 * random.random())
+            log.warning("storage: %s failed (%s: %s); retrying in %.1fs", what, type(exc).__name__, exc, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def put_atomic(url: str, data: bytes, endpoint_url: str | None = None) -> None:
+    """Write `data` to `url` so that readers see the whole object or nothing.
+
+    An object store's single PUT is atomic; a local file is written beside its final name and renamed.
+    """
+    if is_local(url):
+        path = split_protocol(url)[1]
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=os.path.basename(path))
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return
+    fs, path = filesystem(url, endpoint_url)
+    retrying(lambda: fs.pipe_file(path, data), f"writing {url}")
+    fs.invalidate_cache(os.path.dirname(path))
+
+
+def read_bytes(url: str, endpoint_url: str | None = None) -> bytes:
+    fs, path = filesystem(url, endpoint_url)
+    return retrying(lambda: fs.cat_file(path), f"reading {url}")
+
+
+def exists(url: str, endpoint_url: str | None = None) -> bool:
+    fs, path = filesystem(url, endpoint_url)
+    fs.invalidate_cache(path)
+    return retrying(lambda: fs.exists(path), f"checking {url}")
+
+
+def list_files(url: str, endpoint_url: str | None = None, *, suffix: str = "") -> list[str]:
+    """Files directly under the directory `url` whose names end with `suffix`, as full URLs, sorted; [] if none."""
+    fs, path = filesystem(url, endpoint_url)
+    fs.invalidate_cache(path)
+    try:
+        entries = retrying(lambda: fs.ls(path, detail=True), f"listing {url}")
+    except FileNotFoundError:
+        return []
+    names = [e["name"] for e in entries if e.get("type") == "file" and e["name"].endswith(suffix)]
+    return sorted(with_protocol(url, n) for n in names)
+
+
+def remove(url: str, endpoint_url: str | None = None, *, recursive: bool = False) -> None:
+    """Delete a file (or a directory tree); missing is fine."""
+    fs, path = filesystem(url, endpoint_url)
+    fs.invalidate_cache(path)
+    try:
+        retrying(lambda: fs.rm(path, recursive=recursive), f"removing {url}")
+    except FileNotFoundError:
+        pass
+    fs.invalidate_cache(path)
