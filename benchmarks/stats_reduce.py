@@ -90,6 +90,7 @@ def measure(out: str) -> None:
     from stats import report as report_module
 
     seconds: dict[str, float] = {}
+    peak_after: dict[str, float] = {}
 
     def timed(name, function):
         @functools.wraps(function)
@@ -99,6 +100,7 @@ def measure(out: str) -> None:
                 return function(*args, **kwargs)
             finally:
                 seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - began
+                peak_after[name] = peak_rss_mb()
 
         return wrapper
 
@@ -122,7 +124,7 @@ def measure(out: str) -> None:
     rows = sum(result.summary.column("count").to_pylist())
     print(f"rows: {rows:,} in {len(result.summary)} splits; cpus: {os.cpu_count()}")
     for name in ("read", "group+validate", "summary", "tests", "histograms", "verdict", "report", "write"):
-        print(f"  {name:<16} {seconds.get(name, 0.0):7.2f} s")
+        print(f"  {name:<16} {seconds.get(name, 0.0):7.2f} s   peak RSS so far {peak_after.get(name, 0.0):6.0f} MB")
     print(f"  {'total':<16} {total:7.2f} s   (target < 30 s)")
     print(f"peak RSS: {peak_rss_mb():.0f} MB   (target < 2048 MB; {start_rss:.0f} MB before importing stats)")
     print(f"verdict: {result.verdict.sentence}")
@@ -144,7 +146,8 @@ def main() -> None:
     try:
         if not os.path.isdir(os.path.join(out, "results")):
             began = time.perf_counter()
-            command = [sys.executable, __file__, "--generate", "--out", out, "--rows", str(args.rows), "--seed", str(args.seed)]
+            command = [sys.executable, __file__, "--generate", "--out", out]
+            command += ["--rows", str(args.rows), "--seed", str(args.seed)]
             subprocess.run(command, check=True)
             print(f"generated {args.rows:,} rows under {out} in {time.perf_counter() - began:.1f} s (not timed below)")
         measure(out)

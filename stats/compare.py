@@ -113,7 +113,9 @@ def compare_pair(
             low, high, dropped = gap_interval(xa, xb, settings.bootstrap, settings.confidence, rng)
             row.update(gap_ci_low=low, gap_ci_high=high, bootstrap=settings.bootstrap)
             if dropped:
-                notes.append(f"{dropped} of {settings.bootstrap} resamples had MRE({b}) = 0 and were left out of the CI")
+                notes.append(
+                    f"{dropped} of {settings.bootstrap} resamples had MRE({b}) = 0 and were left out of the CI"
+                )
     row["note"] = "; ".join(notes) or None
     return row
 

@@ -22,7 +22,10 @@ ECDF_POINTS = 2000  # points per split on the drawn ECDF
 
 
 def split_colors(splits: Sequence[str]) -> dict[str, str]:
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+    palette = [  # matplotlib's tab10
+        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+        "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    ]
     return {s: palette[i % len(palette)] for i, s in enumerate(splits)}
 
 
@@ -83,7 +86,9 @@ def ecdf_png(
     positive = [float(x[x > 0][0]) for x in errors.values() if x[-1] > 0]
     for name, x in errors.items():
         values, cdf = ecdf_points(x)
-        axes.step(np.concatenate([[values[0]], values]), np.concatenate([[0.0], cdf]), where="post", label=name, color=colors[name])
+        # Start each curve at 0 just left of its smallest value.
+        xs, ys = np.concatenate([[values[0]], values]), np.concatenate([[0.0], cdf])
+        axes.step(xs, ys, where="post", label=name, color=colors[name])
     if ks_pair is not None:
         a, b, statistic, location = ks_pair
         fa = np.searchsorted(errors[a], location, side="right") / len(errors[a])

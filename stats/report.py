@@ -244,7 +244,8 @@ def _sample_html(item: SampleImages) -> str:
     figures = []
     for label, png in (("target", item.target), ("recovery", item.recovery), ("|difference|", item.difference)):
         if png is not None:
-            figures.append(f"<figure>{_img(png, f'{label} of {item.image_id}', css='sample')}<figcaption>{_e(label)}</figcaption></figure>")
+            image = _img(png, f"{label} of {item.image_id}", css="sample")
+            figures.append(f"<figure>{image}<figcaption>{_e(label)}</figcaption></figure>")
     problem = f'<p class="problem">{_e(item.problem)}</p>' if item.problem else ""
     return f'<div class="sample"><p>{_e(caption)}</p>{"".join(figures)}{problem}</div>'
 
@@ -261,7 +262,8 @@ def _rejects_section(rejects: pa.Table | None) -> str:
     )
     counts = grouped.slice(0, MAX_REJECT_GROUPS).to_pylist()
     more = grouped.num_rows - len(counts)
-    count_table = _table([*keys, "count"], [[r[k] for k in keys] + [r["count_all"]] for r in counts], text_columns=range(len(keys)))
+    count_rows = [[r[k] for k in keys] + [r["count_all"]] for r in counts]
+    count_table = _table([*keys, "count"], count_rows, text_columns=range(len(keys)))
     columns = [c for c in ("image_id", "split", "source", "row", "stage", "reason") if c in rejects.column_names]
     examples = rejects.select(columns).slice(0, MAX_REJECT_EXAMPLES).to_pylist()
     example_table = _table(columns, [[r[c] for c in columns] for r in examples], text_columns=range(len(columns)))
@@ -276,7 +278,9 @@ def _provenance_section(settings: StatsSettings, run_info: dict[str, Any] | None
     settings_table = _table(["setting", "value"], [[k, v] for k, v in settings.as_dict().items()], text_columns=(0,))
     section = _stats_section(run_info)
     ignored = sorted(set(section) - set(field_names())) if section else []
-    ignored_note = f"<p>Keys of config.stats that are not stats settings: {_e(', '.join(ignored))}.</p>" if ignored else ""
+    ignored_note = (
+        f"<p>Keys of config.stats that are not stats settings: {_e(', '.join(ignored))}.</p>" if ignored else ""
+    )
     run = (
         f"<h3>run.json</h3>\n<pre>{_e(json.dumps(run_info, indent=2, sort_keys=True, default=str))}</pre>"
         if run_info is not None

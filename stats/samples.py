@@ -56,7 +56,8 @@ def prepare(row: dict[str, object]) -> SampleImages:
     difference = None
     if target is not None and recovery is not None:
         if target.size != recovery.size:
-            problems.append(f"target is {target.size[0]}x{target.size[1]} but recovery is {recovery.size[0]}x{recovery.size[1]}")
+            (tw, th), (rw, rh) = target.size, recovery.size
+            problems.append(f"target is {tw}x{th} but recovery is {rw}x{rh}: no difference image")
         else:
             mode = "L" if target.mode == recovery.mode == "L" else "RGB"
             a = np.asarray(target.convert(mode), dtype=np.int16)

@@ -137,7 +137,7 @@ def _error_values(results: pa.Table) -> np.ndarray:
     if bad.any():
         raise StatsError(
             f"results: column 'error' has {int(bad.sum())} values that are NaN or infinite "
-            f"(e.g. image_id {_example_id(results, bad)!r})"
+            f"(e.g. image_id {_example_id(results, bad)!r}); failed recoveries belong in the rejects table"
         )
     negative = values < 0
     if negative.any():

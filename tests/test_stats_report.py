@@ -192,3 +192,19 @@ def test_report_metadata_records_settings_and_verdict():
     meta = json.loads(reduction.summary.schema.metadata[b"memaudit.stats"])
     assert meta["verdict"]["label"] == reduction.verdict.label
     assert meta["settings"]["alpha"] == 0.01
+
+
+def test_split_names_are_escaped_everywhere():
+    evil_split = '<img src=x onerror="alert(1)">'
+    results = pa.table(
+        {
+            "image_id": [f"i{i}" for i in range(6)],
+            "split": ["train", "train", "val", "val", evil_split, evil_split],
+            "error": [0.1, 0.2, 0.3, 0.4, 0.01, 0.02],
+        }
+    )
+    document = render_report(reduce(results), results=results)
+    page = parse(document)
+    assert evil_split not in document
+    assert len(page.images) == 2 and all(src.startswith("data:image/png;base64,") for src in page.images)
+    assert evil_split in "".join(page.text)
