@@ -66,7 +66,7 @@ def decide(summary: pa.Table, tests: pa.Table, settings: StatsSettings) -> Verdi
             blockers.append(f"there is no {name!r} split, so there is no train/val test")
         elif n < settings.min_split_size:
             blockers.append(
-                f"split {name!r} has {n} recovered images; the train/val test needs at least "
+                f"split {name!r} has {n} recovered image{'' if n == 1 else 's'}; the train/val test needs at least "
                 f"{settings.min_split_size} (min_split_size)"
             )
 
