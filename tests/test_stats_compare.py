@@ -11,7 +11,7 @@ import pytest
 from scipy import stats as sps
 
 from stats import StatsSettings, reduce
-from stats.compare import bootstrap_medians, compare_pair, gap_interval, pairs
+from stats.compare import bootstrap_medians, compare_pair, gap_interval, mann_whitney_sorted, pairs
 
 
 def table_of(**splits: np.ndarray) -> pa.Table:
@@ -134,3 +134,28 @@ def test_bootstrap_is_seeded_and_independent_of_other_splits():
 
 def test_bootstrap_of_one_value_is_that_value():
     assert bootstrap_medians(np.array([0.3]), 5, np.random.default_rng(0)).tolist() == [0.3] * 5
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (np.random.default_rng(9).lognormal(-4, 0.5, 3000), np.random.default_rng(10).lognormal(-3.9, 0.5, 2500)),
+        (np.random.default_rng(11).integers(0, 20, 4000) / 100, np.random.default_rng(12).integers(3, 25, 3500) / 100),
+        (np.full(50, 0.2), np.concatenate([np.full(30, 0.2), np.full(20, 0.3)])),  # heavy ties
+    ],
+)
+def test_mann_whitney_on_sorted_samples_matches_scipy_asymptotic(a, b):
+    u, p = mann_whitney_sorted(np.sort(a), np.sort(b))
+    expected = sps.mannwhitneyu(a, b, alternative="two-sided", method="asymptotic")
+    assert u == expected.statistic
+    assert p == pytest.approx(expected.pvalue, rel=1e-9, abs=1e-300)
+
+
+def test_large_pairs_use_the_sorted_mann_whitney():
+    from stats.compare import LARGE_SAMPLE
+
+    rng = np.random.default_rng(13)
+    a, b = np.sort(rng.random(LARGE_SAMPLE // 2 + 1)), np.sort(rng.random(LARGE_SAMPLE // 2) * 1.01)
+    row = compare_pair("train", "val", a, b, StatsSettings(bootstrap=10))
+    expected = sps.mannwhitneyu(a, b, alternative="two-sided", method="asymptotic")
+    assert row["mw_u"] == expected.statistic and row["mw_pvalue"] == pytest.approx(expected.pvalue, rel=1e-9)
