@@ -1,0 +1,157 @@
+"""jobs.sources and jobs.plan: formats, ids, the seeded limit, id checks, and a deterministic shard plan (no Ray)."""
+
+from __future__ import annotations
+
+import shutil
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import SIDE, images, png, tiny_config, write_yaml
+
+from jobs.config import ConfigError, SourceConfig, load_config
+from jobs.plan import make_plan
+from jobs.sources import check_ids, list_source, read_items, select_rows, SourceError
+
+
+def _config(tmp_path, targets, **kw):
+    raw = tiny_config("g.pt")
+    raw["targets"] = targets
+    raw.update(kw)
+    return load_config(write_yaml(tmp_path / "audit.yaml", raw))
+
+
+def test_parquet_bytes_column_with_ids(tiny_data):
+    src = SourceConfig(uri=str(tiny_data / "train.parquet"), image_column="image", id_column="id")
+    listing = list_source("train", 0, src, None)
+    assert listing.rows == (12,)
+    items = read_items(src, [(listing.files[0], [0, 4, 5, 11])], str(tiny_data), None)  # rows span row groups of 5
+    assert [i.image_id for i in items] == ["train-000", "train-004", "train-005", "train-011"]
+    assert [i.row for i in items] == [0, 4, 5, 11]
+    assert all(isinstance(i.data, bytes) and i.data.startswith(b"\x89PNG") for i in items)
+
+
+def test_parquet_array_column_with_shape_column_and_fixed_shape(tiny_data):
+    expected = images(5, seed=3)
+    for extra in ({"shape_column": "shape"}, {"shape": (SIDE, SIDE)}):
+        src = SourceConfig(uri=str(tiny_data / "arrays.parquet"), array_column="pixels", id_column="uid", **extra)
+        items = read_items(src, [(str(tiny_data / "arrays.parquet"), range(5))], str(tiny_data), None)
+        assert [i.image_id for i in items] == ["100", "101", "102", "103", "104"]  # integer ids become strings
+        for item, want in zip(items, expected):
+            assert item.data.dtype == np.uint8 and item.data.shape == (SIDE, SIDE)
+            np.testing.assert_array_equal(item.data, want)
+
+
+def test_array_that_does_not_fit_its_shape_is_a_read_reject(tiny_data):
+    src = SourceConfig(uri=str(tiny_data / "arrays.parquet"), array_column="pixels", shape=(SIDE, SIDE + 1))
+    (item,) = read_items(src, [(str(tiny_data / "arrays.parquet"), [2])], str(tiny_data), None)
+    assert item.data is None and "do not fit shape" in item.error
+
+
+def test_png_glob_with_ids_derived_from_path(tiny_data):
+    src = SourceConfig(uri=str(tiny_data / "val" / "*.png"))
+    listing = list_source("val", 0, src, None)
+    assert [f.rsplit("/", 1)[-1] for f in listing.files] == [f"v{i:02d}.png" for i in range(6)]
+    items = read_items(src, [(f, range(0, 1)) for f in listing.files[:2]], str(tiny_data), None)
+    assert [i.image_id for i in items] == ["val/v00.png", "val/v01.png"]  # relative to the config's directory
+    assert items[0].data == (tiny_data / "val" / "v00.png").read_bytes()
+
+
+def test_parquet_ids_derived_from_path_and_row(tiny_data):
+    src = SourceConfig(uri=str(tiny_data / "train.parquet"), image_column="image")
+    items = read_items(src, [(str(tiny_data / "train.parquet"), [3])], str(tiny_data), None)
+    assert items[0].image_id == "train.parquet#3"
+
+
+def test_sources_work_through_fsspec_memory():
+    fs = fsspec.filesystem("memory")
+    for i, a in enumerate(images(3, seed=5)):
+        fs.pipe(f"/src-test/img{i}.png", png(a))
+    src = SourceConfig(uri="memory://src-test/*.png")
+    listing = list_source("val", 0, src, None)
+    assert listing.files == tuple(f"memory:///src-test/img{i}.png" for i in range(3))  # fsspec memory paths are absolute
+    items = read_items(src, [(f, [0]) for f in listing.files], "/", None)
+    assert items[2].image_id == "memory:///src-test/img2.png" and items[2].data.startswith(b"\x89PNG")
+
+
+def test_missing_files_and_columns_are_config_errors(tmp_path, tiny_data):
+    with pytest.raises(ConfigError, match=r"targets.val\[0\].uri: no png files match"):
+        make_plan(_config(tmp_path, {"val": [str(tiny_data / "nothing" / "*.png")]}))
+    bad = {"train": [{"uri": str(tiny_data / "train.parquet"), "image_column": "img"}]}
+    with pytest.raises(ConfigError, match=r"targets.train\[0\].image_column: .* has no column 'img' \(columns: id, image\)"):
+        make_plan(_config(tmp_path, bad))
+
+
+def test_limit_is_a_seeded_subsample_that_does_not_change_between_runs():
+    a = select_rows(1000, 50, 0, "train")
+    assert len(a) == 50 and len(set(a.tolist())) == 50 and np.all(np.diff(a) > 0)
+    np.testing.assert_array_equal(a, select_rows(1000, 50, 0, "train"))
+    assert not np.array_equal(a, select_rows(1000, 50, 1, "train"))
+    assert not np.array_equal(a, select_rows(1000, 50, 0, "val"))  # splits draw independently
+    np.testing.assert_array_equal(select_rows(10, 50, 0, "train"), np.arange(10))
+
+
+def test_duplicate_and_overlapping_ids_are_refused():
+    with pytest.raises(SourceError, match=r"targets.train: 1 ids occur more than once, e.g. 'a' x2"):
+        check_ids({"train": ["a", "b", "a"]})
+    with pytest.raises(SourceError, match=r"2 ids are in both train and val, e.g. 'b', 'c'"):
+        check_ids({"train": ["a", "b", "c"], "val": ["b", "c", "d"], "generated": ["a"]})
+    check_ids({"train": ["a"], "test": ["a"]})  # only the train/val pair must be disjoint
+
+
+def test_plan_overlap_is_refused_before_any_work(tmp_path, tiny_data):
+    targets = {"train": [{"uri": str(tiny_data / "train.parquet"), "image_column": "image", "id_column": "id"}],
+               "val": [{"uri": str(tiny_data / "train.parquet"), "image_column": "image", "id_column": "id"}]}
+    with pytest.raises(ConfigError, match="12 ids are in both train and val"):
+        make_plan(_config(tmp_path, targets))
+
+
+def test_plan_is_deterministic_and_cut_by_shard_size(tmp_path, tiny_data):
+    targets = {"train": [{"uri": str(tiny_data / "train.parquet"), "image_column": "image", "id_column": "id"}],
+               "val": [str(tiny_data / "val" / "*.png")], "generated": {"count": 7, "seed": 3},
+               "shard_size": 5, "limit": {"train": 9}}
+    plan = make_plan(_config(tmp_path, targets))
+    again = make_plan(_config(tmp_path, targets))
+    assert [s.id for s in plan.shards] == [s.id for s in again.shards]
+    assert plan.shards == again.shards and plan.fingerprint == again.fingerprint
+    assert plan.images == {"train": 9, "val": 6, "generated": 7}
+    assert [s.size for s in plan.shards] == [5, 4, 5, 1, 5, 2]
+    assert [s.id.split("-")[0] for s in plan.shards] == ["train"] * 2 + ["val"] * 2 + ["generated"] * 2
+    rows = [r for s in plan.shards[:2] for _, rs in s.segments for r in rs]
+    np.testing.assert_array_equal(rows, select_rows(12, 9, 0, "train"))
+
+
+def test_plan_and_fingerprint_do_not_depend_on_where_config_and_data_live(tmp_path, tiny_data):
+    # Paths under the config's directory enter ids relative to it (a `ray job submit` working_dir moves them).
+    a = tmp_path / "a"
+    shutil.copytree(tiny_data, a / "data")
+    targets = {"train": [{"uri": "data/train.parquet", "image_column": "image"}], "val": ["data/val/*.png"],
+               "shard_size": 4}
+    write_yaml(a / "audit.yaml", {**tiny_config("g.pt"), "targets": targets})
+    shutil.copytree(a, tmp_path / "b")
+    plan_a, plan_b = (make_plan(load_config(d / "audit.yaml")) for d in (a, tmp_path / "b"))
+    assert [s.id for s in plan_a.shards] == [s.id for s in plan_b.shards]
+    assert plan_a.fingerprint == plan_b.fingerprint
+    src = load_config(tmp_path / "b" / "audit.yaml").targets.splits["train"][0]
+    items = read_items(src, plan_b.shards[0].segments, str(tmp_path / "b"), None)
+    assert items[0].image_id == "data/train.parquet#0"
+
+
+def test_plan_fingerprint_changes_when_files_are_added(tmp_path, tiny_data):
+    data = tmp_path / "d"
+    shutil.copytree(tiny_data / "val", data)
+    config = _config(tmp_path, {"val": [str(data / "*.png")]})
+    before = make_plan(config).fingerprint
+    (data / "v99.png").write_bytes(png(images(1, seed=9)[0]))
+    after = make_plan(config)
+    assert after.fingerprint != before and config.fingerprint == config.fingerprint
+    assert after.images["val"] == 7
+
+
+def test_parquet_row_counts_come_from_footers(tmp_path):
+    path = tmp_path / "many.parquet"
+    pq.write_table(pa.table({"image": [b"x"] * 100}), path, row_group_size=7)
+    src = SourceConfig(uri=str(path), image_column="image")
+    assert list_source("train", 0, src, None).rows == (100,)
