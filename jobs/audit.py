@@ -97,14 +97,22 @@ def _connect(address: str | None) -> tuple[bool, str | None]:
     return True, None
 
 
+class _Stdout(logging.StreamHandler):
+    """Writes to whatever sys.stdout is at the time (a test's capture, a redirected job log)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
+
+
 def _logging(quiet: bool) -> None:
     """Plain timestamped lines on stdout: what a terminal and `ray job logs` both show well."""
-    if log.handlers:
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    if any(isinstance(h, _Stdout) for h in log.handlers):
         return
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _Stdout(sys.stdout)
     handler.setFormatter(logging.Formatter("%(asctime)s memaudit %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     log.addHandler(handler)
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
     log.propagate = False
 
 

@@ -27,6 +27,10 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # on Linux this makes Ray
 os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
+import logging
+
+logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto logs every request otherwise
+
 REPO = Path(__file__).resolve().parents[1]
 LATENT = 8  # the tiny generator: [B, 8] -> [B, 1, 8, 8] in [-1, 1]
 SIDE = 8
@@ -100,11 +104,11 @@ def tiny_generator(tmp_path_factory) -> str:
             self.fc = nn.Linear(LATENT, SIDE * SIDE)
 
         def forward(self, z: torch.Tensor) -> torch.Tensor:
-            return torch.tanh(self.fc(z.reshape(z.shape[0], -1))).reshape(-1, 1, SIDE, SIDE)
+            return torch.tanh(self.fc(z.reshape(z.shape[0], -1))).reshape(-1, 1, 8, 8)  # SIDE, SIDE
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    torch.jit.save(torch.jit.script(Tiny().eval()), str(path))
+    torch.jit.save(torch.jit.trace(Tiny().eval(), torch.zeros(2, LATENT)), str(path))
     return str(path)
 
 
