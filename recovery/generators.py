@@ -131,7 +131,11 @@ def _build(spec: GeneratorSpec, storage_options: dict | None) -> tuple[nn.Module
 
 
 def _freeze(module: nn.Module, device: torch.device) -> nn.Module:
-    module = module.to(device).eval()
+    module = module.to(device)
+    try:
+        module.eval()
+    except NotImplementedError:
+        pass  # a torch.export program keeps the mode it was exported in; the batch check below catches train mode
     for p in module.parameters():
         p.requires_grad_(False)
     return module

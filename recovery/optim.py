@@ -18,7 +18,8 @@ from typing import Callable
 
 import torch
 
-# evaluate(points [n, D], target index [n]) -> (loss, mse, mae, grad [n, D]); non-finite where G failed
+# evaluate(points [n, D], target index [n]) -> (loss, mse, mae [n], grad [n, D], failure reasons [n]);
+# the loss is inf where G failed for that point, with the reason; never raises for one bad latent
 Evaluate = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list]]
 
 DEFAULT_LR = {"lbfgs": 1.0, "adam": 0.05, "sgd": None}  # sgd: per image, see _first_order

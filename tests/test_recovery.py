@@ -386,3 +386,17 @@ def test_to_png_round_trips_8_bit_images(g, generated):
     data = to_png(x[0], output_range=(-1, 1))
     back = to_target(data, shape=(3, 32, 32))
     assert (back - x[0]).abs().max() <= 1 / 255 + 1e-6
+
+
+def test_torch_export_program_and_factory_generators(tmp_path):
+    net = make_dcgan(nz=8, nc=1)
+    program = torch.export.export(net, (torch.randn(2, 8),), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, tmp_path / "g.pt2")
+    g = load_generator(GeneratorSpec(torchscript=str(tmp_path / "g.pt2"), latent=LatentSpec((8,))), device="cpu")
+    z = torch.randn(3, 8)
+    assert torch.allclose(g(z), net(z), atol=1e-5)
+    torch.save(net.state_dict(), tmp_path / "state.pt")
+    spec = GeneratorSpec(
+        factory="recovery.models.dcgan:DCGAN", kwargs={"nz": 8, "ngf": 16, "nc": 1, "size": 32}, checkpoint=str(tmp_path / "state.pt"), latent=LatentSpec((8,))
+    )
+    assert torch.allclose(load_generator(spec, device="cpu")(z), net(z), atol=1e-6)
