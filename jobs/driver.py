@@ -233,6 +233,7 @@ def run_shards(pool: ActorPool, shards: list[Shard], config: AuditConfig) -> tup
             actor = pool.idle.popleft()
             shard, attempt = queue.popleft()
             running[actor.run_shard.remote(shard)] = (actor, shard, attempt)
+            progress.begin()
         waiting = list(running) + list(pool.starting) + list(probing)
         if not waiting:
             for shard, _ in queue:
@@ -279,7 +280,8 @@ def run_shards(pool: ActorPool, shards: list[Shard], config: AuditConfig) -> tup
             reports.append(report)
             progress.add(report)
         if time.time() >= next_line:
-            log.info("%s", progress.line())
+            busy = len({id(a) for a, _, _ in running.values()})
+            log.info("%s", progress.line() + f", actors {busy} busy/{len(pool.idle)} idle/{len(pool.starting)} starting")
             next_line = time.time() + every
     log.info("%s", progress.line(final=True))
     return reports, failed
@@ -291,7 +293,11 @@ class Progress:
     def __init__(self, *, total_shards: int, total_images: int) -> None:
         self.total_shards, self.total_images = total_shards, total_images
         self.shards = self.images = self.rejects = 0
-        self.started = time.time()
+        self.started: float | None = None  # the first dispatch: actor start-up is not part of the rate
+
+    def begin(self) -> None:
+        if self.started is None:
+            self.started = time.time()
 
     def add(self, report: ShardReport) -> None:
         self.shards += 1
@@ -299,8 +305,8 @@ class Progress:
         self.rejects += report.rejects
 
     def line(self, final: bool = False) -> str:
-        elapsed = max(1e-9, time.time() - self.started)
-        rate = self.images / elapsed
+        elapsed = max(1e-9, time.time() - self.started) if self.started is not None else 0.0
+        rate = self.images / elapsed if elapsed else 0.0
         left = self.total_images - self.images
         eta = _duration(left / rate) if rate > 0 else "unknown"
         head = "done:" if final else "progress:"
@@ -319,6 +325,9 @@ def _reduce(pool: ActorPool, config: AuditConfig, plan: Plan, info: dict, t0: fl
     out, endpoint = config.output, config.storage.endpoint_url
     options = storage.storage_options(out, endpoint)
     columns = tuple(dict.fromkeys(stats.io.STATS_COLUMNS + ("source", "row", "target_hash")))
+    if not _any_results(out, endpoint):
+        log.error("every image was rejected, so there is nothing to reduce; see %s", storage.join(out, "rejects"))
+        return _finish(info, config, t0, "failed", 1)
     results, rejects, _, _ = stats.read_output(out, storage_options=options, columns=columns)
     counts = _check_complete(results, rejects, plan)
     info["counts"] = counts
@@ -352,6 +361,15 @@ def _reduce(pool: ActorPool, config: AuditConfig, plan: Plan, info: dict, t0: fl
                   100 * fraction, 100 * config.job.max_reject_fraction, storage.join(out, "rejects"))
         return Outcome(1, info, reduction)
     return Outcome(0, info, reduction)
+
+
+def _any_results(out: str, endpoint: str | None) -> bool:
+    fs, path = storage.filesystem(storage.join(out, "results"), endpoint)
+    fs.invalidate_cache(path)
+    try:
+        return any(p.endswith(".parquet") for p in fs.find(path))
+    except FileNotFoundError:
+        return False
 
 
 def _check_complete(results: pa.Table, rejects: pa.Table | None, plan: Plan) -> dict[str, dict[str, int]]:

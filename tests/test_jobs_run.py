@@ -182,3 +182,11 @@ def test_cli_report_rebuilds_the_report(ray_local, tiny_data, tiny_generator, tm
     (out / "report.html").unlink()
     assert cli(["report", str(out)]) == 0
     assert (out / "report.html").exists()
+
+
+def test_every_image_rejected_is_reported_not_reduced(ray_local, tiny_data, tiny_generator, tmp_path, capsys):
+    targets = {"val": [{"uri": str(tiny_data / "arrays.parquet"), "array_column": "pixels", "shape": [4, 4]}]}
+    outcome = run_audit(_config(tmp_path, tiny_generator, targets, out=tmp_path / "out"))
+    assert outcome.exit_code == 1 and outcome.run_info["status"] == "failed"
+    assert "every image was rejected" in capsys.readouterr().out
+    assert pq.read_table(tmp_path / "out" / "rejects").num_rows == 5
