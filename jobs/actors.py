@@ -44,6 +44,7 @@ class ShardReport:
     failures: int  # of the rejects: images whose search found no finite loss (stage "recover")
     seconds: float
     node: str
+    peak_rss_mb: float  # the actor process's peak resident memory so far (for sizing; run.json reports the max)
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ class AuditActor:
                            outputs.part_bytes(_rejects_table(rejects, shard.split), fingerprint=self.fingerprint,
                                               shard_id=shard.id), endpoint)
         return ShardReport(shard.id, shard.split, shard.size, shard.size - len(rejects), len(rejects), failures,
-                           time.time() - started, self.node)
+                           time.time() - started, self.node, peak_rss_mb())
 
     def render_samples(self, requests: list[SampleRequest]) -> bytes:
         """samples.parquet for a few images, as Parquet bytes: each image is recovered again (recover() is
@@ -249,6 +250,15 @@ def _rejects_table(rejects: list[tuple[Item, str, str]], split: str) -> pa.Table
         "stage": pa.array([stage for _, stage, _ in rejects], pa.string()),
         "reason": pa.array([reason for _, _, reason in rejects], pa.string()),
     }, schema=outputs.REJECTS_SCHEMA)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
 def _maybe_crash(shard_id: str) -> None:

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import outputs, storage
-from .actors import SampleRequest, ShardReport, make_actor_class
+from .actors import SampleRequest, ShardReport, make_actor_class, peak_rss_mb
 from .config import GENERATED, AuditConfig, ConfigError
 from .plan import Plan, Shard, make_plan
 
@@ -85,9 +85,14 @@ def run_audit(config: AuditConfig, *, plan: Plan | None = None, overwrite: bool 
 
     pool = ActorPool(config, plan.fingerprint, count=max(1, min(config.resources.actors, len(pending))), local=local)
     try:
+        started_shards = time.time()
+        info["timing_s"] = {"prepare": round(started_shards - t0, 3)}
         reports, failed = run_shards(pool, pending, config)
+        info["timing_s"]["actor_start"] = None if pool.first_ready is None else round(pool.first_ready, 3)
+        info["timing_s"]["shards"] = round(time.time() - started_shards, 3)  # includes actor_start
         info["shards_run"] = [r.shard_id for r in reports]
         info["failed_shards"] = failed
+        info["memory_mb"] = {"actors_peak": max((r.peak_rss_mb for r in reports), default=None)}
         remaining = [s.id for s in plan.shards if s.id not in done and s.id not in {r.shard_id for r in reports}]
         if failed:
             shown = "; ".join(f"{k} ({v})" for k, v in list(failed.items())[:5])
@@ -118,6 +123,7 @@ class ActorPool:
         self.idle: deque = deque()
         self.starting: dict = {}  # ready() ref -> actor
         self.created = 0.0
+        self.first_ready: float | None = None  # seconds from start() to the first ready actor
 
     def _fit(self, count: int) -> int:
         """Check one actor fits the cluster; on a local instance start only as many as fit."""
@@ -179,6 +185,8 @@ class ActorPool:
             log.error("an actor could not start: %s", _reason(exc))
             self.actors.remove(actor)
             return
+        if self.first_ready is None:
+            self.first_ready = time.time() - self.created
         log.info("actor ready on %s (%s, generator loaded in %.1fs)", info["node"], info["device"], info["load_seconds"])
         self.idle.append(actor)
 
@@ -322,6 +330,7 @@ class Progress:
 def _reduce(pool: ActorPool, config: AuditConfig, plan: Plan, info: dict, t0: float) -> Outcome:
     import stats
 
+    started = time.time()
     out, endpoint = config.output, config.storage.endpoint_url
     options = storage.storage_options(out, endpoint)
     columns = tuple(dict.fromkeys(stats.io.STATS_COLUMNS + ("source", "row", "target_hash")))
@@ -346,6 +355,7 @@ def _reduce(pool: ActorPool, config: AuditConfig, plan: Plan, info: dict, t0: fl
         storage.put_atomic(outputs.file_url(out, "samples.parquet"), samples, endpoint)
         samples = _table_from_parquet(samples)
     info["verdict"] = stats.reduction.verdict_dict(reduction.verdict)
+    info["timing_s"]["reduce_and_report"] = round(time.time() - started, 3)
     info = _finished(info, t0, "done")
     html = stats.render_report(reduction, results=results, rejects=rejects, samples=samples, run_info=info)
     stats.write_outputs(out, reduction, html, storage_options=options)
@@ -504,6 +514,7 @@ def _run_info(config: AuditConfig, plan: Plan, *, started: str, previous: dict |
 
 def _finished(info: dict, t0: float, status: str) -> dict:
     info = dict(info)
+    info["memory_mb"] = {**info.get("memory_mb", {}), "driver_peak": peak_rss_mb()}
     info["status"] = status
     info["finished"] = _now()
     info["seconds"] = round(time.time() - t0, 3)
