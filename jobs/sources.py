@@ -228,8 +228,8 @@ def list_files(src: "SourceConfig", endpoint_url: str | None) -> list[str]:
     fs, path = storage.filesystem(src.uri, endpoint_url)
     fs.invalidate_cache()
     if any(c in src.uri for c in GLOB_CHARS):
-        found = storage.retrying(lambda: fs.glob(path), f"listing {src.uri}")
-        files = [p for p in found if storage.retrying(lambda p=p: fs.isfile(p), f"checking {p}")]
+        found = storage.retrying(lambda: fs.glob(path, detail=True), f"listing {src.uri}")  # one listing, no HEAD per file
+        files = [p for p, info in found.items() if info.get("type") == "file"]
     elif storage.retrying(lambda: fs.isdir(path), f"checking {src.uri}"):
         entries = storage.retrying(lambda: fs.ls(path, detail=True), f"listing {src.uri}")
         files = [e["name"] for e in entries if e.get("type") == "file"
