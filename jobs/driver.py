@@ -72,6 +72,7 @@ def run_audit(config: AuditConfig, *, plan: Plan | None = None, overwrite: bool 
     started, t0 = _now(), time.time()
     plan = plan or make_plan(config)
     out, endpoint = config.output, config.storage.endpoint_url
+    fitting = fit_actors(config, local=local)  # before anything is written: a resource no node has is a user error
     done, previous = outputs.prepare(out, fingerprint=plan.fingerprint, config=config.to_dict(), overwrite=overwrite,
                                      endpoint_url=endpoint)
     pending = [s for s in plan.shards if s.id not in done]
@@ -83,7 +84,7 @@ def run_audit(config: AuditConfig, *, plan: Plan | None = None, overwrite: bool 
     info = _run_info(config, plan, started=started, previous=previous, address=address)
     outputs.write_run_info(out, info, endpoint)
 
-    pool = ActorPool(config, plan.fingerprint, count=max(1, min(config.resources.actors, len(pending))), local=local)
+    pool = ActorPool(config, plan.fingerprint, count=max(1, min(fitting, len(pending))))
     try:
         started_shards = time.time()
         info["timing_s"] = {"prepare": round(started_shards - t0, 3)}
@@ -105,8 +106,48 @@ def run_audit(config: AuditConfig, *, plan: Plan | None = None, overwrite: bool 
             info["shards_remaining"] = len(remaining)
             return _finish(info, config, t0, "partial", 0)
         return _reduce(pool, config, plan, info, t0)
+    except BaseException as exc:  # a bad generator, no actor, Ctrl-C: run.json says so, then the error goes on
+        info["error"] = f"{type(exc).__name__}: {exc}"
+        try:
+            _finish(info, config, t0, "failed", 1)
+        except Exception:  # noqa: BLE001 - the original error matters more than this bookkeeping
+            log.warning("could not record the failure in run.json")
+        raise
     finally:
         pool.close()
+
+
+def fit_actors(config: AuditConfig, *, local: bool) -> int:
+    """How many actors to start: resources.actors, or on a local instance as many as fit.
+
+    Raises:
+        ConfigError: (local) one actor needs more CPUs or GPUs than the machine has. On a cluster this is
+            only logged: an autoscaler may add the nodes (job.actor_start_timeout bounds the wait).
+    """
+    import ray
+
+    res = config.resources
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    short = []
+    if res.cpus_per_actor > cpus:
+        short.append(f"resources.cpus_per_actor: each actor needs {res.cpus_per_actor:g} CPUs, the cluster has {cpus:g}")
+    if res.gpus_per_actor > gpus:
+        short.append(f"resources.gpus_per_actor: each actor needs {res.gpus_per_actor:g} GPUs, the cluster has {gpus:g}")
+    if short and local:
+        raise ConfigError("; ".join(short) + " (lower it, or submit the job to a cluster that has them)")
+    if short:
+        log.warning("%s; waiting up to %gs for the autoscaler to add nodes", "; ".join(short), config.job.actor_start_timeout)
+        return res.actors
+    if local:
+        fits = int(cpus // res.cpus_per_actor)
+        if res.gpus_per_actor > 0:
+            fits = min(fits, int(gpus // res.gpus_per_actor))
+        if fits < res.actors:
+            log.warning("resources: this machine fits %d actors of %g CPUs / %g GPUs; starting %d, not %d",
+                        fits, res.cpus_per_actor, res.gpus_per_actor, fits, res.actors)
+            return fits
+    return res.actors
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -116,42 +157,13 @@ def run_audit(config: AuditConfig, *, plan: Plan | None = None, overwrite: bool 
 class ActorPool:
     """Actors of one job, created lazily; `idle` holds those ready for work."""
 
-    def __init__(self, config: AuditConfig, fingerprint: str, *, count: int, local: bool) -> None:
-        self.config, self.fingerprint, self.local = config, fingerprint, local
-        self.count = self._fit(count)
+    def __init__(self, config: AuditConfig, fingerprint: str, *, count: int) -> None:
+        self.config, self.fingerprint, self.count = config, fingerprint, count
         self.actors: list = []
         self.idle: deque = deque()
         self.starting: dict = {}  # ready() ref -> actor
         self.created = 0.0
         self.first_ready: float | None = None  # seconds from start() to the first ready actor
-
-    def _fit(self, count: int) -> int:
-        """Check one actor fits the cluster; on a local instance start only as many as fit."""
-        import ray
-
-        res = self.config.resources
-        total = ray.cluster_resources()
-        cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
-        short = []
-        if res.cpus_per_actor > cpus:
-            short.append(f"resources.cpus_per_actor: each actor needs {res.cpus_per_actor:g} CPUs, the cluster has {cpus:g}")
-        if res.gpus_per_actor > gpus:
-            short.append(f"resources.gpus_per_actor: each actor needs {res.gpus_per_actor:g} GPUs, the cluster has {gpus:g}")
-        if short and self.local:
-            raise ConfigError("; ".join(short) + " (lower it, or submit the job to a cluster that has them)")
-        if short:
-            log.warning("%s; waiting up to %ds for the autoscaler to add nodes", "; ".join(short),
-                        self.config.job.actor_start_timeout)
-            return count
-        if self.local:
-            fits = int(cpus // res.cpus_per_actor)
-            if res.gpus_per_actor > 0:
-                fits = min(fits, int(gpus // res.gpus_per_actor))
-            if fits < count:
-                log.warning("resources: this machine fits %d actors of %g CPUs / %g GPUs; starting %d, not %d",
-                            fits, res.cpus_per_actor, res.gpus_per_actor, fits, count)
-                return fits
-        return count
 
     def start(self) -> None:
         if self.actors:

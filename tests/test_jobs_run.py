@@ -190,3 +190,20 @@ def test_every_image_rejected_is_reported_not_reduced(ray_local, tiny_data, tiny
     assert outcome.exit_code == 1 and outcome.run_info["status"] == "failed"
     assert "every image was rejected" in capsys.readouterr().out
     assert pq.read_table(tmp_path / "out" / "rejects").num_rows == 5
+
+
+def test_resources_no_node_has_are_refused_before_anything_is_written(ray_local, tiny_data, tiny_generator, tmp_path):
+    config = _config(tmp_path, tiny_generator, _local_targets(tiny_data), out=tmp_path / "out",
+                     overrides=["resources.gpus_per_actor=1"])
+    with pytest.raises(ConfigError, match="resources.gpus_per_actor: each actor needs 1 GPUs, the cluster has 0"):
+        run_audit(config, local=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_generator_that_cannot_load_is_a_one_line_user_error(ray_local, tiny_data, tmp_path, capsys):
+    raw = tiny_config(str(tmp_path / "missing.pt"), targets=_local_targets(tiny_data))
+    code = main(["--config", str(write_yaml(tmp_path / "audit.yaml", raw)), "--out", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: generator") and "missing.pt" in err and "Traceback" not in err
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "failed"
