@@ -6,7 +6,7 @@
     python -m jobs.audit --config audit.yaml --dry-run            # validate, list sources, print the plan; no Ray
 
 Exit codes: 0 done (or stopped by --max-shards), 1 the job ran but shards failed, the inputs overlap, or too
-many images were rejected, 2 a user error (printed as one line `error: ...`).
+many images were rejected, 2 a user error (printed as one line `error: ...`), 130 interrupted (resumable).
 """
 
 from __future__ import annotations
@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
     except (ConfigError, RecoveryError, StatsError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished shards are kept; run the same command again to resume", file=sys.stderr, flush=True)
+        return 130
     except Exception as exc:
         from .driver import JobError
 
