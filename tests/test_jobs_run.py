@@ -13,7 +13,7 @@ import pytest
 from conftest import images, png, tiny_config, write_yaml
 
 from jobs import outputs
-from jobs.audit import main
+from jobs.audit import _logging, main
 from jobs.config import ConfigError, load_config
 from jobs.driver import run_audit
 from jobs.plan import make_plan
@@ -21,6 +21,12 @@ from stats import read_output
 
 pytestmark = pytest.mark.slow
 SECRET = os.environ["AWS_SECRET_ACCESS_KEY"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _log_to_stdout():
+    """The job's log lines on stdout, as `python -m jobs.audit` sets them up (so capsys sees them)."""
+    _logging(quiet=False)
 
 
 def _sorted(table, drop=("seconds",)):
@@ -207,3 +213,19 @@ def test_a_generator_that_cannot_load_is_a_one_line_user_error(ray_local, tiny_d
     err = capsys.readouterr().err
     assert err.startswith("error: generator") and "missing.pt" in err and "Traceback" not in err
     assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "failed"
+
+
+def test_val_images_with_the_content_of_train_images_are_refused(ray_local, tiny_data, tiny_generator, tmp_path, capsys):
+    val = tmp_path / "val"
+    val.mkdir()
+    train = pq.read_table(tiny_data / "train.parquet").column("image").to_pylist()
+    for i in range(2):
+        (val / f"copy{i}.png").write_bytes(train[i])  # same pixels, other ids
+    (val / "new.png").write_bytes(png(images(1, seed=11)[0]))
+    targets = {"train": [{"uri": str(tiny_data / "train.parquet"), "image_column": "image", "id_column": "id"}],
+               "val": [str(val / "*.png")]}
+    outcome = run_audit(_config(tmp_path, tiny_generator, targets, out=tmp_path / "out"))
+    assert outcome.exit_code == 1 and outcome.run_info["status"] == "refused"
+    assert "2 val images have the same content as train images" in capsys.readouterr().out
+    assert "val/copy0.png" in outcome.run_info["refused"]
+    assert not (tmp_path / "out" / "report.html").exists()
