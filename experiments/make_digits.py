@@ -100,6 +100,7 @@ def write_atomic(table: pa.Table, path: Path) -> None:
             write_statistics=False,
             row_group_size=len(table),
         )
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; these are shared package data
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
