@@ -87,6 +87,7 @@ class AuditActor:
 
         self.config = config
         self.fingerprint = fingerprint
+        storage.configure(config.job.storage_retries, config.job.storage_retry_seconds)
         self.node = socket.gethostname()
         self.error: Exception | None = None
         started = time.time()

@@ -5,8 +5,8 @@
     python -m jobs.audit --config audit.yaml --set recovery.iterations=20 --out s3://bucket/audits/x/
     python -m jobs.audit --config audit.yaml --dry-run            # validate, list sources, print the plan; no Ray
 
-Exit codes: 0 done (or stopped by --max-shards), 1 the job ran but shards failed, the inputs overlap, or too
-many images were rejected, 2 a user error (printed as one line `error: ...`), 130 interrupted (resumable).
+Exit codes: 0 done (or stopped by --max-shards), 1 the job ran but shards failed, the inputs overlap, too
+many images were rejected, or the store stayed unreachable beyond job.storage_retries, 2 a user error (printed as one line `error: ...`), 130 interrupted (resumable).
 """
 
 from __future__ import annotations
@@ -49,13 +49,16 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
         if args.max_shards is not None and args.max_shards < 0:
             raise ConfigError(f"--max-shards: must be >= 0, got {args.max_shards}")
         config = load_config(args.config, overrides=overrides, out=args.out)
+        from . import storage
         from .plan import make_plan
 
+        storage.configure(config.job.storage_retries, config.job.storage_retry_seconds)
         plan = make_plan(config)  # lists sources and checks ids before Ray starts
         if args.dry_run:
             print(plan.describe())
             print(f"output: {config.output}")
             return 0
+        _check_output(config.output, config.storage.endpoint_url)  # a cheap write probe, before Ray starts
         started_ray, address = _connect(args.address)
         from .driver import run_audit
 
@@ -70,8 +73,9 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
         return 130
     except Exception as exc:
         from .driver import JobError
+        from .storage import StorageError
 
-        if isinstance(exc, JobError):
+        if isinstance(exc, (JobError, StorageError)):
             print(f"error: {exc}", file=sys.stderr, flush=True)
             return 1
         raise
@@ -80,6 +84,18 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
             import ray
 
             ray.shutdown()
+
+
+def _check_output(out: str, endpoint_url: str | None) -> None:
+    """Raise ConfigError (one line, naming the URL) when nothing can be written under the output."""
+    from . import storage
+
+    try:
+        storage.check_writable(out, endpoint_url)
+    except Exception as exc:  # noqa: BLE001 - any failure here means the output is unusable
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise ConfigError(f"output: cannot write to {out} ({reason}); check the URL, that the bucket or directory "
+                          "exists and that credentials allow writing there") from None
 
 
 def _connect(address: str | None) -> tuple[bool, str | None]:

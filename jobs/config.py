@@ -157,14 +157,21 @@ class JobConfig:
     """How the job runs; nothing here changes a results row.
 
     shard_retries: extra attempts for a shard that fails in our code (a dead actor is Ray's to retry).
-    max_reject_fraction: the job exits 1 when more than this fraction of real images are rejects.
+    max_reject_fraction: the job exits 1 when more than this fraction of real images are rejects (default
+        0.01, i.e. 1%).
     progress_seconds: seconds between progress lines.
+    storage_retries: retries of a storage read or write that fails with a network or server error (the
+        first after storage_retry_seconds, each next one after twice as long); an outage that outlasts them
+        fails the shard (or the job) with an error naming the URL.
+    storage_retry_seconds: the first retry's delay.
     actor_start_timeout: seconds to wait for the first actor (an autoscaling cluster may be adding nodes).
     """
 
     shard_retries: int = 2
-    max_reject_fraction: float = 0.1
+    max_reject_fraction: float = 0.01
     progress_seconds: float = 10.0
+    storage_retries: int = 5
+    storage_retry_seconds: float = 0.5
     actor_start_timeout: float = 900.0
 
     def _check(self, at: str) -> None:
@@ -174,6 +181,10 @@ class JobConfig:
             raise ConfigError(f"{at}.max_reject_fraction: must be in [0, 1], got {self.max_reject_fraction}")
         if not self.progress_seconds > 0:
             raise ConfigError(f"{at}.progress_seconds: must be > 0, got {self.progress_seconds}")
+        if self.storage_retries < 0:
+            raise ConfigError(f"{at}.storage_retries: must be >= 0, got {self.storage_retries}")
+        if not self.storage_retry_seconds >= 0:
+            raise ConfigError(f"{at}.storage_retry_seconds: must be >= 0, got {self.storage_retry_seconds}")
         if not self.actor_start_timeout > 0:
             raise ConfigError(f"{at}.actor_start_timeout: must be > 0, got {self.actor_start_timeout}")
 

@@ -70,6 +70,7 @@ def run_audit(config: AuditConfig, *, plan: Plan | None = None, overwrite: bool 
         recovery.RecoveryError: the generator cannot be loaded.
     """
     started, t0 = _now(), time.time()
+    storage.configure(config.job.storage_retries, config.job.storage_retry_seconds)
     plan = plan or make_plan(config)
     out, endpoint = config.output, config.storage.endpoint_url
     fitting = fit_actors(config, local=local)  # before anything is written: a resource no node has is a user error

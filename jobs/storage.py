@@ -21,15 +21,32 @@ log = logging.getLogger("memaudit")
 T = TypeVar("T")
 
 LOCAL = (None, "file", "local")
-ATTEMPTS = 4  # one try and three retries, after 0.5, 1 and 2 s (plus jitter)
+RETRIES = 5  # after the first try: retries after 0.5, 1, 2, 4 and 8 s (plus jitter), about 15 s of outage
+RETRY_SECONDS = 0.5  # the first delay; each next one doubles
+
+
+class StorageError(OSError):
+    """A storage operation still failed after every retry; the message names the URL."""
+
+
+def configure(retries: int, retry_seconds: float) -> None:
+    """Set this process's retry budget (job.storage_retries, job.storage_retry_seconds); the driver and every
+    actor call it with the job's config."""
+    global RETRIES, RETRY_SECONDS
+    RETRIES, RETRY_SECONDS = int(retries), float(retry_seconds)
 
 
 def storage_options(url: str, endpoint_url: str | None) -> dict:
-    """The fsspec options for `url`: the endpoint for s3:// URLs, nothing for other protocols."""
+    """The fsspec options for `url`: for s3:// URLs the endpoint and botocore's retries; nothing for others."""
     protocol = split_protocol(url)[0]
-    if protocol in ("s3", "s3a") and endpoint_url:
-        return {"client_kwargs": {"endpoint_url": endpoint_url}}
-    return {}
+    if protocol not in ("s3", "s3a"):
+        return {}
+    # botocore retries a call once (a pooled connection the server closed, e.g. after a restart); the rest of
+    # the budget is job.storage_retries with its backoff, so that an outage's tolerated length is configurable
+    options: dict = {"config_kwargs": {"retries": {"max_attempts": 2, "mode": "standard"}}}
+    if endpoint_url:
+        options["client_kwargs"] = {"endpoint_url": endpoint_url}
+    return options
 
 
 def filesystem(url: str, endpoint_url: str | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -57,20 +74,31 @@ def with_protocol(like: str, path: str) -> str:
 
 def transient(exc: BaseException) -> bool:
     """Errors worth retrying: network and server trouble, not a missing file or a denied request."""
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)):
+    if isinstance(exc, (StorageError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)):
         return False
-    return isinstance(exc, (OSError, ConnectionError, TimeoutError))
+    if isinstance(exc, (OSError, ConnectionError, TimeoutError)):
+        return True
+    try:  # botocore's connection errors (EndpointConnectionError, ReadTimeoutError, ...) are not OSErrors
+        from botocore.exceptions import ConnectionError as BotoConnectionError, HTTPClientError
+    except ImportError:
+        return False
+    return isinstance(exc, (BotoConnectionError, HTTPClientError))
 
 
 def retrying(fn: Callable[[], T], what: str) -> T:
-    """Run `fn`, retrying transient storage errors with exponential backoff; the last error is raised."""
-    for attempt in range(ATTEMPTS):
+    """Run `fn`, retrying transient storage errors with exponential backoff (RETRIES times, the first delay
+    RETRY_SECONDS). A transient error that outlasts the budget is raised as StorageError naming `what`;
+    any other error is raised at once, as it is."""
+    for attempt in range(RETRIES + 1):
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - classified by transient(); anything else re-raised at once
-            if attempt == ATTEMPTS - 1 or not transient(exc):
+            if not transient(exc):
                 raise
-            delay = 0.5 * 2**attempt * (1 + 0.25 * random.random())
+            if attempt == RETRIES:
+                reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+                raise StorageError(f"storage: {what} failed after {RETRIES + 1} attempts ({reason})") from exc
+            delay = RETRY_SECONDS * 2**attempt * (1 + 0.25 * random.random())
             log.warning("storage: %s failed (%s: %s); retrying in %.1fs", what, type(exc).__name__, exc, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
@@ -131,3 +159,19 @@ def remove(url: str, endpoint_url: str | None = None, *, recursive: bool = False
     except FileNotFoundError:
         pass
     fs.invalidate_cache(path)
+
+
+PROBE = ".memaudit-write-probe"
+
+
+def check_writable(url: str, endpoint_url: str | None = None) -> None:
+    """Write and delete a small marker under the output directory `url`, so that an output that cannot be
+    written (a missing bucket, no credentials, a file where a directory should be, no permission) is found
+    before any work starts.
+
+    Raises:
+        OSError (or the store's own error): the marker could not be written; the caller reports it.
+    """
+    marker = join(url, PROBE)
+    put_atomic(marker, b"memaudit write probe\n", endpoint_url)
+    remove(marker, endpoint_url)

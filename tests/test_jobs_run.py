@@ -173,7 +173,7 @@ def test_array_sources_and_an_exceeded_reject_fraction(ray_local, tiny_data, tin
                           "id_column": "uid"}],
                "val": [{"uri": str(tiny_data / "arrays.parquet"), "array_column": "pixels", "shape": [4, 4]}]}
     outcome = run_audit(_config(tmp_path, tiny_generator, targets, out=tmp_path / "out"))
-    assert outcome.exit_code == 1  # every val array is a reject: 50% > job.max_reject_fraction (10%)
+    assert outcome.exit_code == 1  # every val array is a reject: 50% > job.max_reject_fraction (1%)
     assert outcome.run_info["counts"]["train"]["results"] == 5
     assert outcome.run_info["counts"]["val"] == {"images": 5, "results": 0, "rejects": 5, "failures": 0}
     assert "were rejected" in capsys.readouterr().out
