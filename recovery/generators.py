@@ -126,7 +126,7 @@ def _build(spec: GeneratorSpec, storage_options: dict | None) -> tuple[nn.Module
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as e:
-            raise RecoveryError(f"generator.checkpoint: {spec.checkpoint} does not fit {name}: {str(e).splitlines()[0]} {' '.join(str(e).split())[:300]}") from None
+            raise RecoveryError(f"generator.checkpoint: {spec.checkpoint} does not fit {name}: {' '.join(str(e).split())[:400]}") from None
     return module, name
 
 

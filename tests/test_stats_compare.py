@@ -11,16 +11,9 @@ import pytest
 from scipy import stats as sps
 
 from stats import StatsSettings, reduce
+from tests._tables import table_of
 from stats.compare import bootstrap_medians, compare_pair, gap_interval, mann_whitney_sorted, pairs
 
-
-def table_of(**splits: np.ndarray) -> pa.Table:
-    ids, names, errors = [], [], []
-    for split, values in splits.items():
-        ids += [f"{split}-{i}" for i in range(len(values))]
-        names += [split] * len(values)
-        errors += [float(v) for v in values]
-    return pa.table({"image_id": ids, "split": names, "error": errors})
 
 
 def test_pairs_are_train_val_then_each_real_split_against_generated():

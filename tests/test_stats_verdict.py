@@ -8,15 +8,8 @@ import pytest
 from scipy import stats as sps
 
 from stats import StatsSettings, reduce
+from tests._tables import table_of
 
-
-def table_of(**splits) -> pa.Table:
-    ids, names, errors = [], [], []
-    for split, values in splits.items():
-        ids += [f"{split}-{i}" for i in range(len(values))]
-        names += [split] * len(values)
-        errors += [float(v) for v in values]
-    return pa.table({"image_id": ids, "split": names, "error": errors})
 
 
 GENERATED = np.random.default_rng(10).lognormal(-9, 0.5, 200)  # recovered almost exactly: the search works
