@@ -137,10 +137,18 @@ class Objective:
         count = self.op.count
         mse = squared_error(a, b, count)
         mae = absolute_error(a, b, count)
-        if self.settings.loss == "mse":
-            loss = mse
-        elif self.settings.loss == "mae":
-            loss = mae
-        else:
-            loss = (self._features(a) - self.target_features[index]).square().mean(1)
+        loss = LOSSES[self.settings.loss](self, a, index, mse, mae)
         return loss, mse.detach(), mae.detach()
+
+
+def _feature_distance(objective: Objective, a: torch.Tensor, index: torch.Tensor, mse, mae) -> torch.Tensor:
+    """Mean squared distance between feature maps of A(G(z)) and A(x), [B]."""
+    return (objective._features(a) - objective.target_features[index]).square().mean(1)
+
+
+# recovery.loss -> loss(objective, A(G(z)) [B, C, H', W'], target index [B], mse [B], mae [B]) -> [B]
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "mse": lambda objective, a, index, mse, mae: mse,
+    "mae": lambda objective, a, index, mse, mae: mae,
+    "features": _feature_distance,
+}

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Sequence
 
 import numpy as np
@@ -16,19 +15,27 @@ from torch import nn
 from .errors import RecoveryError
 from .generators import LoadedGenerator
 from .objective import Objective, psnr, target_shape, to_audit_resolution
-from .optim import SlotOptimizer, TaskResult
-from .priors import sample_for_ids, to_prior_space
-from .settings import RecoverySettings
+from .optim import MAX_ITERATIONS, StopRules, make_optimizer
+from .priors import check_geometry, sample_for_ids, sample_prior, stream, to_prior_space
+from .restarts import ImageSearch, RestartScheduler
+from .settings import RecoverySettings, SearchPlan
 
 GENERATED_TAG = "generated"  # the stream tag of generated images' z0, distinct from every restart index
 
 
-def _evaluator(objective: Objective, latent, dim: int):
+def _latent_fn(latent, geometry: str):
+    return lambda u: to_prior_space(u, latent, geometry)
+
+
+def _evaluator(objective: Objective, to_latent, dim: int, penalty: float):
     """Batched loss and per-image gradient; a G that raises is retried image by image so only the culprits fail."""
 
     def run(points: torch.Tensor, index: torch.Tensor):
         u = points.detach().requires_grad_(True)
-        loss, mse, mae = objective(to_prior_space(u, latent), index)
+        z = to_latent(u)  # [n, *latent]
+        loss, mse, mae = objective(z, index)
+        if penalty:
+            loss = loss + penalty * z.reshape(len(z), -1).square().mean(1)  # lambda |z|^2 / d
         (grad,) = torch.autograd.grad(loss.sum(), u)
         return loss.detach(), mse, mae, grad, [None] * len(points)
 
@@ -46,6 +53,36 @@ def _evaluator(objective: Objective, latent, dim: int):
         return (*(torch.cat([p[j] for p in parts]) for j in range(4)), [p[4][0] for p in parts])
 
     return evaluate
+
+
+def _screener(objective: Objective, to_latent, latent, ids: list[str], settings: RecoverySettings, plan: SearchPlan):
+    """Each start's first point: the lowest-loss of `plan.screening` prior draws, scored forward-only in batches."""
+    k, dim = plan.screening, int(np.prod(latent.shape))
+
+    @torch.no_grad()
+    def score(u: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        try:
+            return objective(to_latent(u), index)[0]
+        except torch.OutOfMemoryError:
+            raise
+        except Exception:  # noqa: BLE001 - a draw G cannot render is never chosen; the start itself reports why
+            if len(u) == 1:
+                return torch.full((1,), float("inf"), device=u.device)
+            return torch.cat([score(u[j : j + 1], index[j : j + 1]) for j in range(len(u))])
+
+    def screen(picks: list[tuple[int, int]]) -> torch.Tensor:
+        draws = torch.stack([sample_prior(latent, k, stream(settings.seed, ids[i], r)).reshape(k, dim) for i, r in picks])
+        if k == 1:
+            return draws[:, 0]  # [n, D]
+        device = objective.generator.device
+        flat = draws.reshape(-1, dim).to(device)  # [n * k, D]
+        index = torch.tensor([i for i, _ in picks], device=device).repeat_interleave(k)
+        chunk = max(1, settings.batch_size)
+        losses = torch.cat([score(flat[j : j + chunk], index[j : j + chunk]) for j in range(0, len(flat), chunk)])
+        losses = torch.nan_to_num(losses.reshape(len(picks), k).float().cpu(), nan=float("inf"))
+        return draws[torch.arange(len(picks)), losses.argmin(1)]  # [n, D]; ties go to the first draw
+
+    return screen
 
 
 def recover(
@@ -72,69 +109,69 @@ def recover(
     if len(set(ids)) != len(ids):
         raise RecoveryError("image ids must be unique: each seeds its own restarts")
     n = len(ids)
-    latent = generator.latent
+    latent, plan = generator.latent, settings.plan()
+    check_geometry(latent, plan.geometry)
     dim = int(np.prod(latent.shape))
     objective = Objective(generator, targets, settings, feature_net)
-    opt = SlotOptimizer(
-        _evaluator(objective, latent, dim),
+    to_latent = _latent_fn(latent, plan.geometry)
+    scheduler = RestartScheduler(n, plan, exact_level=settings.exact_level, adaptive_threshold=settings.adaptive_threshold,
+                                 screen=_screener(objective, to_latent, latent, ids, settings, plan))
+    rules = StopRules(exact_level=settings.exact_level, patience=settings.patience,
+                      stall_ratio=settings.stall_ratio, tolerance=settings.tolerance, stop_mse=plan.stop_mse)
+    opt = make_optimizer(
+        settings.optimizer,
+        _evaluator(objective, to_latent, dim, settings.latent_penalty),
         dim,
-        slots=max(1, min(settings.batch_size, n * settings.restarts)),
-        method=settings.optimizer,
-        iterations=settings.iterations,
+        slots=max(1, min(settings.batch_size, n)),
         lr=settings.lr,
         history=settings.history,
-        tolerance=settings.tolerance,
+        rules=rules,
         keep_trace=settings.keep_trace,
+        trace_length=min(plan.iterations or MAX_ITERATIONS, plan.budget or MAX_ITERATIONS),
         device=generator.device,
     )
-    best: list[TaskResult | None] = [None] * n
-    runs, seconds = [0] * n, [0.0] * n
-    tasks: deque = deque((i, 0) for i in range(n))
-
-    def make_start(image: int, restart: int) -> torch.Tensor:
-        return sample_for_ids(latent, [ids[image]], settings.seed, restart).reshape(dim)
-
-    def on_done(res: TaskResult) -> None:
-        i = res.image
-        runs[i] += 1
-        seconds[i] += res.seconds
-        cur = best[i]
-        if cur is None or res.loss < cur.loss or (res.loss == cur.loss and res.restart < cur.restart):
-            best[i] = res
-        more = res.restart + 1 < settings.restarts
-        if more and settings.adaptive_threshold is not None:
-            more = not best[i].loss <= settings.adaptive_threshold
-        if more:
-            tasks.appendleft((i, res.restart + 1))  # depth first: finish an image's restarts before new images
-
     with torch.inference_mode(False), torch.enable_grad():
-        opt.run(tasks, make_start, on_done)
-    return _table(ids, best, runs, seconds, settings, generator, latent)
+        opt.run(scheduler.next_tasks, scheduler.on_done)
+    return _table(ids, scheduler.images, settings, generator, to_latent)
 
 
-def _table(ids, best, runs, seconds, settings, generator, latent) -> pa.Table:
+def _error(r, settings: RecoverySettings, z: torch.Tensor) -> float:
+    """The configured loss of the best point, without the latent penalty that was optimized with it."""
+    if settings.loss == "mse":
+        return r.mse
+    if settings.loss == "mae":
+        return r.mae
+    return r.loss - settings.latent_penalty * float(z.square().mean())
+
+
+def _table(ids: list[str], images: list[ImageSearch], settings: RecoverySettings, generator, to_latent) -> pa.Table:
+    best = [s.best for s in images]
     finite = [r is not None and np.isfinite(r.loss) for r in best]
-    mse = torch.tensor([r.mse if ok else float("nan") for r, ok in zip(best, finite)], dtype=torch.float64)
+    nan = float("nan")
+    z = to_latent(torch.stack([r.latent for r in best])).reshape(len(best), -1) if best else torch.empty(0, 0)  # [N, D]
+    mse = torch.tensor([r.mse if ok else nan for r, ok in zip(best, finite)], dtype=torch.float64)
     cols = {
         "image_id": pa.array(ids, pa.string()),
-        "error": pa.array([r.loss if ok else float("nan") for r, ok in zip(best, finite)], pa.float64()),
+        "error": pa.array([_error(r, settings, zi) if ok else nan for r, ok, zi in zip(best, finite, z)], pa.float64()),
         "mse": pa.array(mse.numpy(), pa.float64()),
-        "mae": pa.array([r.mae if ok else float("nan") for r, ok in zip(best, finite)], pa.float64()),
+        "mae": pa.array([r.mae if ok else nan for r, ok in zip(best, finite)], pa.float64()),
         "psnr": pa.array(psnr(mse, generator.spec.output_range).numpy(), pa.float64()),
-        "restarts": pa.array(runs, pa.int32()),
+        "restarts": pa.array([s.starts for s in images], pa.int32()),
         "best_restart": pa.array([r.restart for r in best], pa.int32()),
         "iterations": pa.array([r.iterations for r in best], pa.int32()),
         "converged": pa.array([r.converged for r in best], pa.bool_()),
-        "seconds": pa.array(seconds, pa.float64()),
+        "stop": pa.array([r.stop for r in best], pa.string()),
+        "evaluations": pa.array([s.evaluations for s in images], pa.int64()),
+        "evaluations_to_exact": pa.array([s.evaluations_to_exact for s in images], pa.int64()),
+        "latent_norm": pa.array((z.double().norm(dim=1) / max(1, z.shape[1]) ** 0.5).numpy() if best else [], pa.float64()),
+        "seconds": pa.array([s.seconds for s in images], pa.float64()),
         "failure": pa.array(
             [None if ok else (r.failure or "the generator gave no finite loss from any start") for r, ok in zip(best, finite)],
             pa.string(),
         ),
     }
     if settings.keep_latent:
-        dim = int(np.prod(latent.shape))
-        z = torch.stack([to_prior_space(r.latent[None], latent).reshape(dim) for r in best]) if best else torch.empty(0, dim)
-        cols["latent"] = pa.FixedSizeListArray.from_arrays(pa.array(z.numpy().reshape(-1), pa.float32()), dim)
+        cols["latent"] = pa.FixedSizeListArray.from_arrays(pa.array(z.float().numpy().reshape(-1), pa.float32()), z.shape[1])
     if settings.keep_trace:
         cols["trace"] = pa.array([r.trace.numpy().astype(np.float32) for r in best], pa.list_(pa.float32()))
     return pa.table(cols)

@@ -10,6 +10,8 @@ LOSSES = ("mse", "mae", "features")
 OPERATORS = ("identity", "mask", "pool")
 OPTIMIZERS = ("lbfgs", "adam", "sgd")
 PRIORS = ("normal", "uniform", "sphere")
+PROTOCOLS = ("adaptive", "paper")
+GEOMETRIES = ("free", "shell")
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -98,27 +100,89 @@ class OperatorSpec:
 
 
 @dataclass(frozen=True)
+class SearchPlan:
+    """The search's shape once `protocol` has filled what the user left unset (None = unbounded).
+
+    iterations: cap per start (None: until the start converges, stalls or the budget runs out);
+    stop_mse: a start ends as recovered once its MSE is below this (0: only at float32 precision);
+    restarts: starts per image (None: adaptive, a new start while the image is above exact_level
+    and has budget); screening: prior draws per start, the best of which starts the search;
+    budget: generator evaluations per image over all starts and screening (None: no cap).
+    """
+
+    iterations: int | None
+    restarts: int | None
+    screening: int
+    budget: int | None
+    geometry: str
+    stop_mse: float
+
+
+# The adaptive defaults (issue 9). Measured on trained generators (benchmarks/convergence.py):
+# a handful of screened starts, each run to convergence, restarted while above exact_level.
+DEFAULT_BUDGET = 1500
+DEFAULT_SCREENING = 16
+DEFAULT_STOP_MSE = 1e-4
+PAPER = SearchPlan(iterations=50, restarts=1, screening=1, budget=None, geometry="free", stop_mse=0.0)
+ADAPTIVE = SearchPlan(iterations=None, restarts=None, screening=DEFAULT_SCREENING, budget=None, geometry="free",
+                      stop_mse=DEFAULT_STOP_MSE)
+
+
+@dataclass(frozen=True)
 class RecoverySettings:
     """Everything that changes a recovery result (so all of it goes into the job's fingerprint).
 
+    protocol: "adaptive" (default) runs every start until it converges or stalls and restarts an
+      image from a fresh seeded start while its MSE is above exact_level, until `budget` generator
+      evaluations are spent; "paper" is Webster et al.'s fixed protocol (50 L-BFGS iterations, one
+      unscreened start, no budget). Fields set explicitly override what the protocol fills in.
     loss: the objective and the reported `error`; mse per pixel is the paper's.
-    optimizer: lbfgs (paper default, ~50 iterations), adam or sgd (~500 iterations).
-    iterations: optimizer iterations per restart (an L-BFGS iteration may evaluate G more than once in its line search).
-    restarts: random starts per image, best kept. adaptive_threshold: if set, restarts after the first run only
-      for images whose best error is still above it.
+    optimizer: lbfgs (paper default), adam or sgd.
+    iterations: cap on optimizer iterations per start; None: until the start converges or stalls
+      (an L-BFGS iteration may evaluate G more than once in its line search).
+    restarts: starts per image, best kept; None: adaptive (see protocol). adaptive_threshold: with a
+      fixed count, restart after the first start only images whose best error is above it.
+    budget: generator evaluations per image, over all its starts and screening draws; None: no cap
+      when restarts is fixed, DEFAULT_BUDGET when it is adaptive.
+    screening: prior draws per start, evaluated in one batched forward pass; the best one starts
+      the search (1: the plain random start).
+    exact_level: the MSE (per pixel, on the generator's output scale, whatever the loss) below which
+      an image counts as recovered: it ends adaptive restarts and `evaluations_to_exact` records when
+      it was reached. 1e-3 is an RMS pixel error of 0.03 on [-1, 1] (PSNR 36 dB). For a generator with
+      another output range, scale it (and stop_mse) by ((high - low) / 2)^2.
+    stop_mse: a start ends, recovered, once its MSE is below this. None: 1e-4 (PSNR 46 dB, ten times below
+      exact_level; going on to float32 precision costs about ten times the evaluations and changes no
+      conclusion), 0 under the paper protocol; 0 runs until the loss is below 1e-10.
+    geometry: "free" searches all of R^d; "shell" (normal prior only) keeps z on the sphere of
+      radius sqrt(d), where almost all of N(0, I)'s mass lies, as the sphere prior does for GLO.
+    latent_penalty: lambda of lambda * |z|^2 / d added to the optimized loss (not to the reported
+      errors); 0 is off. It is in the loss's units: MSE of a good recovery is ~1e-3, so ~1e-4.
+    patience: a start that is above exact_level stalls when its loss fell by less than a factor
+      `stall_ratio` over the last `patience` iterations; it then ends (and an adaptive search restarts). These
+      are L-BFGS iterations; Adam and SGD get ten times as many, as they need about ten times the iterations.
     lr: step size; None picks the optimizer's default (lbfgs 1.0 with line search, adam 0.05; sgd (momentum 0.9)
       sizes each image's steps so its first moves 1% of the latent's norm, since MSE gradients scale with the image).
-    history: L-BFGS memory. tolerance: an image stops when an iteration lowers its loss by less than this fraction
-      (1e-5: about a hundred float32 roundings; smaller only chases noise) or its loss is below 1e-10 (exact).
+    history: L-BFGS memory. tolerance: a start converges when an iteration lowers its loss by less than this
+      fraction and a quasi-Newton step predicts no more (1e-5: about a hundred float32 roundings), or its loss is
+      below 1e-10 (exact).
     resolution: audit side length; None uses the generator's output size, smaller pools G(z) down to it.
     keep_latent / keep_trace: add the recovered latent / the error after each iteration to the results.
     """
 
+    protocol: str = "adaptive"
     loss: str = "mse"
     operator: OperatorSpec = OperatorSpec()
     optimizer: str = "lbfgs"
-    iterations: int = 50
-    restarts: int = 1
+    iterations: int | None = None
+    restarts: int | None = None
+    budget: int | None = None
+    screening: int | None = None
+    exact_level: float = 1e-3
+    stop_mse: float | None = None
+    geometry: str | None = None
+    latent_penalty: float = 0.0
+    patience: int = 20
+    stall_ratio: float = 0.5
     adaptive_threshold: float | None = None
     batch_size: int = 64
     seed: int = 0
@@ -130,12 +194,40 @@ class RecoverySettings:
     keep_trace: bool = False
 
     def __post_init__(self) -> None:
+        _choice("recovery.protocol", self.protocol, PROTOCOLS)
         _choice("recovery.loss", self.loss, LOSSES)
         _choice("recovery.optimizer", self.optimizer, OPTIMIZERS)
-        for name in ("iterations", "restarts", "batch_size", "history"):
-            if int(getattr(self, name)) < 1:
-                raise RecoveryError(f"recovery.{name}: must be >= 1, got {getattr(self, name)}")
-        if self.lr is not None and not self.lr > 0:
-            raise RecoveryError(f"recovery.lr: must be > 0, got {self.lr}")
+        if self.geometry is not None:
+            _choice("recovery.geometry", self.geometry, GEOMETRIES)
+        for name in ("iterations", "restarts", "budget", "screening", "batch_size", "history", "patience"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or int(value) < 1):
+                raise RecoveryError(f"recovery.{name}: must be >= 1, got {value}")
+        for name in ("lr", "exact_level"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise RecoveryError(f"recovery.{name}: must be > 0, got {value}")
+        if self.stop_mse is not None and not 0 <= self.stop_mse <= self.exact_level:
+            raise RecoveryError(f"recovery.stop_mse: must be in [0, exact_level = {self.exact_level:g}], got {self.stop_mse}")
+        if not 0 < self.stall_ratio < 1:
+            raise RecoveryError(f"recovery.stall_ratio: must be in (0, 1), got {self.stall_ratio}")
+        if not self.latent_penalty >= 0:
+            raise RecoveryError(f"recovery.latent_penalty: must be >= 0, got {self.latent_penalty}")
         if self.resolution is not None and int(self.resolution) < 1:
             raise RecoveryError(f"recovery.resolution: must be >= 1, got {self.resolution}")
+
+    def plan(self) -> SearchPlan:
+        """What this search runs: the protocol's values for every field left unset."""
+        base = PAPER if self.protocol == "paper" else ADAPTIVE
+        restarts = self.restarts if self.restarts is not None else base.restarts
+        budget = self.budget
+        if budget is None and restarts is None:
+            budget = DEFAULT_BUDGET
+        return SearchPlan(
+            iterations=self.iterations if self.iterations is not None else base.iterations,
+            restarts=restarts,
+            screening=self.screening if self.screening is not None else base.screening,
+            budget=budget,
+            geometry=self.geometry if self.geometry is not None else base.geometry,
+            stop_mse=self.stop_mse if self.stop_mse is not None else base.stop_mse,
+        )
