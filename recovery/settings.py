@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .errors import RecoveryError
 
@@ -135,7 +135,8 @@ class RecoverySettings:
     protocol: "adaptive" (default) runs every start until it converges or stalls and restarts an
       image from a fresh seeded start while its MSE is above exact_level, until `budget` generator
       evaluations are spent; "paper" is Webster et al.'s fixed protocol (50 L-BFGS iterations, one
-      unscreened start, no budget). Fields set explicitly override what the protocol fills in.
+      unscreened start, no budget). Fields set explicitly override what the protocol fills in; setting
+      `iterations` or `restarts` asks for a fixed protocol, the other one then taking the paper's value.
     loss: the objective and the reported `error`; mse per pixel is the paper's.
     optimizer: lbfgs (paper default), adam or sgd.
     iterations: cap on optimizer iterations per start; None: until the start converges or stalls
@@ -219,6 +220,8 @@ class RecoverySettings:
     def plan(self) -> SearchPlan:
         """What this search runs: the protocol's values for every field left unset."""
         base = PAPER if self.protocol == "paper" else ADAPTIVE
+        if self.iterations is not None or self.restarts is not None:
+            base = replace(base, iterations=PAPER.iterations, restarts=PAPER.restarts)  # a fixed protocol was asked for
         restarts = self.restarts if self.restarts is not None else base.restarts
         budget = self.budget
         if budget is None and restarts is None:

@@ -170,4 +170,6 @@ def test_explicit_fields_override_the_protocol():
     assert (plan.iterations, plan.restarts, plan.screening, plan.budget) == (200, 4, 1, None)
     adaptive = RecoverySettings().plan()
     assert adaptive.iterations is None and adaptive.restarts is None and adaptive.budget >= 100
-    assert RecoverySettings(restarts=4).plan().budget is None  # a fixed count is not cut by the default budget
+    fixed = RecoverySettings(restarts=4).plan()
+    assert (fixed.restarts, fixed.iterations, fixed.budget) == (4, 50, None)  # a fixed count is not cut by a budget
+    assert RecoverySettings(iterations=5).plan().restarts == 1
