@@ -8,12 +8,14 @@ Pure PyTorch, no Ray. The job (jobs/) fetches data and calls these; so can a not
 
 from .errors import ImageError, RecoveryError
 from .generators import LoadedGenerator, default_device, load_feature_net, load_generator, wrap_generator
+from .encoder import Encoder, train_encoder
 from .images import to_png, to_target
 from .objective import target_shape
 from .recover import recover, render, sample_generated
 from .settings import GeneratorSpec, LatentSpec, OperatorSpec, RecoverySettings
 
 __all__ = [
+    "Encoder",
     "GeneratorSpec",
     "ImageError",
     "LatentSpec",
@@ -30,5 +32,6 @@ __all__ = [
     "target_shape",
     "to_png",
     "to_target",
+    "train_encoder",
     "wrap_generator",
 ]

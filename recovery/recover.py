@@ -55,8 +55,10 @@ def _evaluator(objective: Objective, to_latent, dim: int, penalty: float):
     return evaluate
 
 
-def _screener(objective: Objective, to_latent, latent, ids: list[str], settings: RecoverySettings, plan: SearchPlan):
-    """Each start's first point: the lowest-loss of `plan.screening` prior draws, scored forward-only in batches."""
+def _screener(objective: Objective, to_latent, latent, ids: list[str], settings: RecoverySettings, plan: SearchPlan,
+              guesses: torch.Tensor | None):
+    """Each start's first point: the lowest-loss of `plan.screening` prior draws (plus, for an image's first
+    start, the encoder's guess when there is one), scored forward-only in batches."""
     k, dim = plan.screening, int(np.prod(latent.shape))
 
     @torch.no_grad()
@@ -70,17 +72,22 @@ def _screener(objective: Objective, to_latent, latent, ids: list[str], settings:
                 return torch.full((1,), float("inf"), device=u.device)
             return torch.cat([score(u[j : j + 1], index[j : j + 1]) for j in range(len(u))])
 
-    def screen(picks: list[tuple[int, int]]) -> torch.Tensor:
-        draws = torch.stack([sample_prior(latent, k, stream(settings.seed, ids[i], r)).reshape(k, dim) for i, r in picks])
-        if k == 1:
-            return draws[:, 0]  # [n, D]
+    def screen(picks: list[tuple[int, int]]) -> tuple[torch.Tensor, list[int]]:
+        candidates = []  # per pick [k_i, D]
+        for i, r in picks:
+            draws = sample_prior(latent, k, stream(settings.seed, ids[i], r)).reshape(k, dim)
+            candidates.append(torch.cat([guesses[i : i + 1], draws]) if guesses is not None and r == 0 else draws)
+        counts = [len(c) for c in candidates]
+        if max(counts) == 1:
+            return torch.cat(candidates), [0] * len(picks)  # [n, D]: a plain draw is the optimizer's own first evaluation
         device = objective.generator.device
-        flat = draws.reshape(-1, dim).to(device)  # [n * k, D]
-        index = torch.tensor([i for i, _ in picks], device=device).repeat_interleave(k)
+        flat = torch.cat(candidates).to(device)  # [sum k_i, D]
+        index = torch.tensor([i for (i, _), c in zip(picks, counts) for _ in range(c)], device=device)
         chunk = max(1, settings.batch_size)
         losses = torch.cat([score(flat[j : j + chunk], index[j : j + chunk]) for j in range(0, len(flat), chunk)])
-        losses = torch.nan_to_num(losses.reshape(len(picks), k).float().cpu(), nan=float("inf"))
-        return draws[torch.arange(len(picks)), losses.argmin(1)]  # [n, D]; ties go to the first draw
+        losses = torch.nan_to_num(losses.float().cpu(), nan=float("inf")).split(counts)
+        best = [c[int(torch.argmin(f))] for c, f in zip(candidates, losses)]  # ties go to the first candidate
+        return torch.stack(best), counts
 
     return screen
 
@@ -93,6 +100,7 @@ def recover(
     settings: RecoverySettings = RecoverySettings(),
     device: str | torch.device | None = None,
     feature_net: nn.Module | None = None,
+    encoder: nn.Module | None = None,
 ) -> pa.Table:
     """One row per target, in input order: the recovery error and how it was reached.
 
@@ -100,6 +108,9 @@ def recover(
     operator), restarts (run), best_restart, iterations and converged (of the best restart), seconds
     (this image's share of compute), failure (null, or why G gave no finite value for any start), and
     latent / trace when settings.keep_latent / keep_trace.
+
+    encoder: an optional learned start (recovery.train_encoder, fitted to G's own samples): its guess
+    E(x) [N, D] joins the screening of every image's first start.
     """
     if device is not None and torch.device(device) != generator.device:
         raise RecoveryError(f"device {device} differs from the generator's device {generator.device}; load the generator there")
@@ -108,14 +119,18 @@ def recover(
         raise RecoveryError(f"{len(targets)} targets but {len(ids)} image ids")
     if len(set(ids)) != len(ids):
         raise RecoveryError("image ids must be unique: each seeds its own restarts")
+    if (encoder is not None) != (settings.start == "encoder"):
+        raise RecoveryError("recovery.start: 'encoder' needs an encoder (recovery.train_encoder), and only it takes one"
+                            f" (start is {settings.start!r}, encoder {'given' if encoder is not None else 'missing'})")
     n = len(ids)
     latent, plan = generator.latent, settings.plan()
     check_geometry(latent, plan.geometry)
     dim = int(np.prod(latent.shape))
     objective = Objective(generator, targets, settings, feature_net)
     to_latent = _latent_fn(latent, plan.geometry)
+    guesses = _guesses(encoder, targets, settings.batch_size, generator.device)
     scheduler = RestartScheduler(n, plan, exact_level=settings.exact_level, adaptive_threshold=settings.adaptive_threshold,
-                                 screen=_screener(objective, to_latent, latent, ids, settings, plan))
+                                 screen=_screener(objective, to_latent, latent, ids, settings, plan, guesses))
     rules = StopRules(exact_level=settings.exact_level, patience=settings.patience,
                       stall_ratio=settings.stall_ratio, tolerance=settings.tolerance, stop_mse=plan.stop_mse)
     opt = make_optimizer(
@@ -133,6 +148,15 @@ def recover(
     with torch.inference_mode(False), torch.enable_grad():
         opt.run(scheduler.next_tasks, scheduler.on_done)
     return _table(ids, scheduler.images, settings, generator, to_latent)
+
+
+@torch.no_grad()
+def _guesses(encoder: nn.Module | None, targets: torch.Tensor, chunk: int, device: torch.device) -> torch.Tensor | None:
+    """The encoder's latent for every target, [N, D] on the CPU; None without an encoder."""
+    if encoder is None:
+        return None
+    parts = [encoder(targets[j : j + chunk].to(device)).float().cpu() for j in range(0, len(targets), max(1, chunk))]
+    return torch.cat(parts).reshape(len(targets), -1)
 
 
 def _error(r, settings: RecoverySettings, z: torch.Tensor) -> float:

@@ -27,8 +27,8 @@ from .settings import SearchPlan
 MIN_START_EVALUATIONS = 10  # a restart needs at least this many evaluations left after screening to be worth it
 MAX_FAILED_STARTS = 3  # consecutive starts with no finite value before an image is given up
 
-# screen(picks) -> starts [n, D]: the best of `screening` prior draws for each (image, start index)
-Screen = Callable[[list[tuple[int, int]]], torch.Tensor]
+# screen(picks) -> (starts [n, D], evaluations each screening cost): the best candidate per (image, start index)
+Screen = Callable[[list[tuple[int, int]]], tuple[torch.Tensor, list[int]]]
 
 
 @dataclass
@@ -58,10 +58,9 @@ class RestartScheduler:
         picks = [self.pending.popleft() for _ in range(min(k, len(self.pending)))]
         if not picks:
             return []
-        starts = self.screen(picks)  # [n, D]
-        cost = self.plan.screening if self.plan.screening > 1 else 0  # one draw is the optimizer's own first evaluation
+        starts, costs = self.screen(picks)  # [n, D]
         tasks = []
-        for (image, restart), start in zip(picks, starts):
+        for (image, restart), start, cost in zip(picks, starts, costs):
             state = self.images[image]
             state.evaluations += cost
             state.started_at = state.evaluations

@@ -11,6 +11,7 @@ OPERATORS = ("identity", "mask", "pool")
 OPTIMIZERS = ("lbfgs", "adam", "sgd")
 PRIORS = ("normal", "uniform", "sphere")
 PROTOCOLS = ("adaptive", "paper")
+STARTS = ("prior", "encoder")
 GEOMETRIES = ("free", "shell")
 
 
@@ -147,6 +148,9 @@ class RecoverySettings:
       when restarts is fixed, DEFAULT_BUDGET when it is adaptive.
     screening: prior draws per start, evaluated in one batched forward pass; the best one starts
       the search (1: the plain random start).
+    start: "prior" draws every start from the prior; "encoder" adds a learned guess E(x) to the screening of each
+      image's first start, E trained on the generator's own samples only (recovery.train_encoder, encoder_steps
+      Adam steps of 64 samples; the job trains it once per generator and caches it beside the outputs).
     exact_level: the MSE (per pixel, on the generator's output scale, whatever the loss) below which
       an image counts as recovered: it ends adaptive restarts and `evaluations_to_exact` records when
       it was reached. 1e-3 is an RMS pixel error of 0.03 on [-1, 1] (PSNR 36 dB). For a generator with
@@ -178,6 +182,8 @@ class RecoverySettings:
     restarts: int | None = None
     budget: int | None = None
     screening: int | None = None
+    start: str = "prior"
+    encoder_steps: int = 2000
     exact_level: float = 1e-3
     stop_mse: float | None = None
     geometry: str | None = None
@@ -197,10 +203,11 @@ class RecoverySettings:
     def __post_init__(self) -> None:
         _choice("recovery.protocol", self.protocol, PROTOCOLS)
         _choice("recovery.loss", self.loss, LOSSES)
+        _choice("recovery.start", self.start, STARTS)
         _choice("recovery.optimizer", self.optimizer, OPTIMIZERS)
         if self.geometry is not None:
             _choice("recovery.geometry", self.geometry, GEOMETRIES)
-        for name in ("iterations", "restarts", "budget", "screening", "batch_size", "history", "patience"):
+        for name in ("iterations", "restarts", "budget", "screening", "encoder_steps", "batch_size", "history", "patience"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or int(value) < 1):
                 raise RecoveryError(f"recovery.{name}: must be >= 1, got {value}")

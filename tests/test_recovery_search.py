@@ -173,3 +173,21 @@ def test_explicit_fields_override_the_protocol():
     fixed = RecoverySettings(restarts=4).plan()
     assert (fixed.restarts, fixed.iterations, fixed.budget) == (4, 50, None)  # a fixed count is not cut by a budget
     assert RecoverySettings(iterations=5).plan().restarts == 1
+
+
+def test_a_learned_start_is_trained_on_samples_only_and_starts_closer(g):
+    from recovery import train_encoder
+
+    ids = [f"e{i}" for i in range(8)]
+    _, x = sample_generated(g, ids, seed=9)
+    settings = RecoverySettings(protocol="paper", iterations=1, start="encoder", keep_trace=True)
+    encoder = train_encoder(g, settings=settings, steps=300, seed=0)
+    again = train_encoder(g, settings=settings, steps=300, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(encoder.state_dict().values(), again.state_dict().values()))
+    learned = recover(g, x, ids, settings=settings, encoder=encoder)
+    prior = recover(g, x, ids, settings=RecoverySettings(protocol="paper", iterations=1, keep_trace=True))
+    start = {k: np.array([tr[0] for tr in t.column("trace").to_pylist()]) for k, t in (("e", learned), ("p", prior))}
+    assert np.median(start["e"]) < 0.5 * np.median(start["p"])
+    assert (learned.column("evaluations").to_numpy() >= 2).all()  # the guess and the draw were both scored
+    with pytest.raises(RecoveryError, match="recovery.start: 'encoder' needs an encoder"):
+        recover(g, x, ids, settings=settings)
