@@ -172,7 +172,8 @@ def _table(ids: list[str], images: list[ImageSearch], settings: RecoverySettings
     best = [s.best for s in images]
     finite = [r is not None and np.isfinite(r.loss) for r in best]
     nan = float("nan")
-    z = to_latent(torch.stack([r.latent for r in best])).reshape(len(best), -1) if best else torch.empty(0, 0)  # [N, D]
+    dim = int(np.prod(generator.latent.shape))
+    z = to_latent(torch.stack([r.latent for r in best])).reshape(len(best), dim) if best else torch.empty(0, dim)  # [N, D]
     mse = torch.tensor([r.mse if ok else nan for r, ok in zip(best, finite)], dtype=torch.float64)
     cols = {
         "image_id": pa.array(ids, pa.string()),
@@ -187,7 +188,7 @@ def _table(ids: list[str], images: list[ImageSearch], settings: RecoverySettings
         "stop": pa.array([r.stop for r in best], pa.string()),
         "evaluations": pa.array([s.evaluations for s in images], pa.int64()),
         "evaluations_to_exact": pa.array([s.evaluations_to_exact for s in images], pa.int64()),
-        "latent_norm": pa.array((z.double().norm(dim=1) / max(1, z.shape[1]) ** 0.5).numpy() if best else [], pa.float64()),
+        "latent_norm": pa.array((z.double().norm(dim=1) / dim**0.5).numpy(), pa.float64()),
         "seconds": pa.array([s.seconds for s in images], pa.float64()),
         "failure": pa.array(
             [None if ok else (r.failure or "the generator gave no finite loss from any start") for r, ok in zip(best, finite)],
@@ -195,7 +196,7 @@ def _table(ids: list[str], images: list[ImageSearch], settings: RecoverySettings
         ),
     }
     if settings.keep_latent:
-        cols["latent"] = pa.FixedSizeListArray.from_arrays(pa.array(z.float().numpy().reshape(-1), pa.float32()), z.shape[1])
+        cols["latent"] = pa.FixedSizeListArray.from_arrays(pa.array(z.float().numpy().reshape(-1), pa.float32()), dim)
     if settings.keep_trace:
         cols["trace"] = pa.array([r.trace.numpy().astype(np.float32) for r in best], pa.list_(pa.float32()))
     return pa.table(cols)
