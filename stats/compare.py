@@ -1,9 +1,11 @@
 """Tests between pairs of splits (DESIGN §2): KS, Mann-Whitney U, MRE-gap and its bootstrap CI.
 
-Each pair is (a, b) with a the split expected to be recovered better: (train, val) first,
-then (generated, s) for every real split s. The MRE-gap is normalized by the reference b,
-(MRE(b) - MRE(a)) / MRE(b), so a positive gap means a is recovered better, as in the paper
-for train vs val (the paper's code reports the absolute value; we keep the sign).
+Each pair is (a, b) with a the split expected to be recovered better: the memorization
+pairs of ``settings.pairs`` first ((train, val) by default), then (generated, s) for every
+real split s. The MRE-gap is normalized by the reference b, (MRE(b) - MRE(a)) / MRE(b), so
+a positive gap means a is recovered better, as in the paper for train vs val (the paper's
+code reports the absolute value; we keep the sign). The memorization pairs also get the
+partial-memorization columns of stats.ranking and the gap's bootstrap p-value.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import numpy as np
 import pyarrow as pa
 from scipy import stats as sps
 
+from stats.ranking import PARTIAL_FIELDS
 from stats.settings import StatsSettings
 from stats.summary import median_sorted
-from stats.table import GENERATED, TRAIN, VAL, split_kind
+from stats.table import GENERATED, split_kind
 
 TESTS_SCHEMA = pa.schema(
     [
@@ -38,7 +41,9 @@ TESTS_SCHEMA = pa.schema(
         pa.field("mre_gap", pa.float64()),  # (mre_b - mre_a) / mre_b; null when mre_b == 0
         pa.field("gap_ci_low", pa.float64()),
         pa.field("gap_ci_high", pa.float64()),
+        pa.field("gap_pvalue", pa.float64()),  # bootstrap p of "gap <= gap_threshold"; memorization pairs only
         pa.field("bootstrap", pa.int64(), nullable=False),  # resamples behind the CI
+        *PARTIAL_FIELDS,
         pa.field("note", pa.string()),  # why a value is missing, or scipy's warnings
     ]
 )
@@ -49,23 +54,35 @@ TESTS_SCHEMA = pa.schema(
 LARGE_SAMPLE = 100_000
 
 
-def pairs(splits: list[str]) -> list[tuple[str, str]]:
-    """The pairs to test: (train, val), then (generated, s) for each real split s."""
-    out = []
-    if TRAIN in splits and VAL in splits:
-        out.append((TRAIN, VAL))
+def pairs(splits: list[str], memorization: tuple[tuple[str, str], ...] = (("train", "val"),)) -> list[tuple[str, str]]:
+    """The pairs to test: each memorization pair whose two splits are present, then (generated, s) for each real split s."""
+    out = [(a, b) for a, b in memorization if a in splits and b in splits]
     if GENERATED in splits:
         out.extend((GENERATED, s) for s in splits if split_kind(s) == "real")
     return out
 
 
-def compare(errors: Mapping[str, np.ndarray], splits: list[str], settings: StatsSettings) -> pa.Table:
-    """One row per pair of ``pairs(splits)``; errors maps a split to its sorted errors.
+def compare(
+    errors: Mapping[str, np.ndarray],
+    splits: list[str],
+    settings: StatsSettings,
+    partial: Mapping[tuple[str, str], Mapping[str, object]] | None = None,
+) -> pa.Table:
+    """One row per pair of ``pairs(splits, settings.pairs)``; errors maps a split to its sorted errors.
 
     A split listed in ``splits`` but absent from ``errors`` (rejects only) gets a row with
-    null statistics and a note.
+    null statistics and a note. ``partial`` holds each memorization pair's PARTIAL_FIELDS
+    (from stats.ranking); a "tail_note" among them joins the row's note.
     """
-    rows = [compare_pair(a, b, errors.get(a), errors.get(b), settings) for a, b in pairs(splits)]
+    rows = []
+    for a, b in pairs(splits, settings.pairs):
+        row = compare_pair(a, b, errors.get(a), errors.get(b), settings, memorization=(a, b) in settings.pairs)
+        extra = dict((partial or {}).get((a, b), {}))
+        tail_note = extra.pop("tail_note", None)
+        row.update(extra)
+        if tail_note:
+            row["note"] = "; ".join(n for n in (row["note"], tail_note) if n)
+        rows.append(row)
     return pa.Table.from_pylist(rows, schema=TESTS_SCHEMA)
 
 
@@ -75,7 +92,10 @@ def compare_pair(
     xa: np.ndarray | None,
     xb: np.ndarray | None,
     settings: StatsSettings,
+    *,
+    memorization: bool = False,
 ) -> dict[str, object]:
+    """The tests of one pair on sorted errors; with ``memorization``, also the gap's p-value."""
     xa = np.empty(0) if xa is None else xa
     xb = np.empty(0) if xb is None else xb
     row: dict[str, object] = dict.fromkeys(TESTS_SCHEMA.names)
@@ -118,15 +138,25 @@ def compare_pair(
     else:
         row["mre_gap"] = (mre_b - mre_a) / mre_b
         if settings.bootstrap:
-            rng = np.random.default_rng([settings.seed, zlib.crc32(a.encode()), zlib.crc32(b.encode())])
-            low, high, dropped = gap_interval(xa, xb, settings.bootstrap, settings.confidence, rng)
-            row.update(gap_ci_low=low, gap_ci_high=high, bootstrap=settings.bootstrap)
-            if dropped:
-                notes.append(
-                    f"{dropped} of {settings.bootstrap} resamples had MRE({b}) = 0 and were left out of the CI"
-                )
+            notes += _gap_bootstrap(row, xa, xb, settings, memorization=memorization)
     row["note"] = "; ".join(notes) or None
     return row
+
+
+def _gap_bootstrap(row: dict[str, object], xa: np.ndarray, xb: np.ndarray, settings: StatsSettings, *,
+                   memorization: bool) -> list[str]:
+    """Fill the gap's CI (and for memorization pairs its p-value) into row; returns notes."""
+    a, b = str(row["split_a"]), str(row["split_b"])
+    rng = np.random.default_rng([settings.seed, zlib.crc32(a.encode()), zlib.crc32(b.encode())])
+    gaps, dropped = bootstrap_gaps(xa, xb, settings.bootstrap, rng)
+    low, high = interval(gaps, settings.confidence)
+    row.update(gap_ci_low=low, gap_ci_high=high, bootstrap=settings.bootstrap)
+    if memorization and len(gaps):
+        # The smallest level at which a one-sided lower bound clears the threshold.
+        row["gap_pvalue"] = float((np.sum(gaps <= settings.gap_threshold) + 1) / (len(gaps) + 1))
+    if dropped:
+        return [f"{dropped} of {settings.bootstrap} resamples had MRE({b}) = 0 and were left out of the CI"]
+    return []
 
 
 def mann_whitney_sorted(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -208,15 +238,26 @@ def gap_interval(
 
     Returns (low, high, dropped): resamples whose MRE(b) is 0 have no gap and are dropped.
     """
+    gaps, dropped = bootstrap_gaps(xa, xb, resamples, rng)
+    low, high = interval(gaps, confidence)
+    return low, high, dropped
+
+
+def bootstrap_gaps(xa: np.ndarray, xb: np.ndarray, resamples: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """Bootstrap MRE-gaps (a and b resampled independently), and how many resamples had MRE(b) = 0."""
     ma = bootstrap_medians(xa, resamples, rng)
     mb = bootstrap_medians(xb, resamples, rng)
     keep = mb != 0
-    if not keep.any():
-        return None, None, resamples
-    gaps = (mb[keep] - ma[keep]) / mb[keep]
+    return (mb[keep] - ma[keep]) / mb[keep], int((~keep).sum())
+
+
+def interval(gaps: np.ndarray, confidence: float) -> tuple[float | None, float | None]:
+    """Equal-tailed percentile interval of the bootstrap gaps; (None, None) without any."""
+    if not len(gaps):
+        return None, None
     tail = (1.0 - confidence) / 2
     low, high = np.quantile(gaps, [tail, 1.0 - tail])
-    return float(low), float(high), int((~keep).sum())
+    return float(low), float(high)
 
 
 def _finite_or_none(value: float) -> float | None:

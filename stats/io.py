@@ -4,7 +4,7 @@ Layout under one output URL (local path, s3://, memory://, ...):
     results/split=<split>/part-<shard>.parquet    read
     rejects/part-<shard>.parquet                  read (optional)
     samples.parquet, run.json                     read (optional)
-    summary.parquet, tests.parquet, histograms.parquet, report.html    written
+    summary.parquet, tests.parquet, histograms.parquet, ranking.parquet, report.html    written
 Files whose names start with "." or "_" are skipped: they are temporaries of atomic writes.
 """
 
@@ -29,8 +29,14 @@ from stats.errors import StatsError
 from stats.table import is_string_like
 
 # The columns of results that stats uses; reading only these keeps 10 million rows in
-# memory (the URIs of `source` and the latents alone would take gigabytes).
-STATS_COLUMNS = ("image_id", "split", "error", "converged", "trace")
+# memory (the URIs of `source` and the latents alone would take gigabytes). Missing ones
+# are fine: stats.columns treats every column but image_id, split and error as optional.
+STATS_COLUMNS = (
+    "image_id", "split", "error", "mse", "converged", "trace",
+    "evaluations", "evaluations_to_exact", "latent_norm",  # the search engine's (issue 9)
+    "format", "orig_width", "orig_height", "channels",  # the source image, for confounds (issue 10)
+    "target_hash",  # the overlap check
+)
 REQUIRED_IN_PARTS = ("image_id", "error")
 
 
@@ -137,12 +143,13 @@ def write_outputs(
     *,
     storage_options: dict[str, Any] | None = None,
 ) -> None:
-    """Write summary/tests/histograms.parquet and report.html under out_url, each atomically."""
+    """Write summary/tests/histograms/ranking.parquet and report.html under out_url, each atomically."""
     fs, root = open_output(out_url, storage_options)
     for name, table in (
         ("summary.parquet", reduction.summary),
         ("tests.parquet", reduction.tests),
         ("histograms.parquet", reduction.histograms),
+        ("ranking.parquet", reduction.ranking),
     ):
         atomic_write(fs, posixpath.join(root, name), parquet_bytes(table))
     atomic_write(fs, posixpath.join(root, "report.html"), html.encode("utf-8"))

@@ -9,6 +9,7 @@ per image, so drawing costs the same for 100 and for 10 million results.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -16,7 +17,7 @@ import pyarrow as pa
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from stats.curves import Curve
+from stats.curves import BudgetCurve, Curve, iterations
 
 ECDF_POINTS = 2000  # points per split on the drawn ECDF
 
@@ -116,14 +117,35 @@ def convergence_png(curves: Mapping[str, Curve], colors: Mapping[str, str]) -> b
     axes = figure.add_subplot()
     positive = True
     for name, curve in curves.items():
-        iterations = np.arange(1, len(curve.median) + 1)
-        axes.plot(iterations, curve.median, color=colors[name], label=f"{name} (median of {curve.images})")
-        axes.fill_between(iterations, curve.q25, curve.q75, color=colors[name], alpha=0.2, linewidth=0)
+        steps = iterations(curve)  # trace[0] is the start point: iteration 0
+        axes.plot(steps, curve.median, color=colors[name], label=f"{name} (median of {curve.images})")
+        axes.fill_between(steps, curve.q25, curve.q75, color=colors[name], alpha=0.2, linewidth=0)
         positive = positive and bool(np.nanmin(curve.q25) > 0)
     if positive:
         axes.set_yscale("log")
-    axes.set_xlabel("iteration (best restart)")
+    axes.set_xlabel("iteration of the best restart (0 = start)")
     axes.set_ylabel("recovery error")
     axes.legend(frameon=False)
     axes.set_title("Convergence: median and interquartile band")
+    return _png(figure)
+
+
+def budget_png(curves: Mapping[str, BudgetCurve], colors: Mapping[str, str]) -> bytes:
+    """Share of each split recovered exactly against generator evaluations, on a log x axis."""
+    figure = Figure(figsize=(8, 4))
+    axes = figure.add_subplot()
+    low, high = math.inf, 1.0
+    for name, curve in curves.items():
+        end = max([curve.max_evaluations or 0.0, float(curve.budgets[-1]) if len(curve.budgets) else 0.0, 1.0])
+        xs = np.concatenate([[max(1.0, float(curve.budgets[0]) if len(curve.budgets) else 1.0)], curve.budgets, [end]])
+        ys = np.concatenate([[0.0], curve.share, [curve.share[-1] if len(curve.share) else 0.0]])
+        axes.step(xs, ys, where="post", color=colors[name], label=f"{name} ({curve.images} images)")
+        low, high = min(low, xs[0]), max(high, end)
+    axes.set_xscale("log")
+    axes.set_xlim(max(1.0, low if math.isfinite(low) else 1.0), high)
+    axes.set_ylim(0, 1.02)
+    axes.set_xlabel("generator evaluations per image")
+    axes.set_ylabel("share recovered exactly")
+    axes.legend(frameon=False, loc="lower right")
+    axes.set_title("Success against search budget")
     return _png(figure)

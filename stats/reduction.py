@@ -9,12 +9,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from stats.columns import search_extras, success_values
 from stats.compare import compare
+from stats.confounds import confounds
 from stats.errors import StatsError
 from stats.histograms import histogram_table
+from stats.ranking import RANKING_SCHEMA, rank_pair
 from stats.settings import StatsSettings
 from stats.summary import summarize
-from stats.table import REJECTS_REQUIRED, group_results, order_splits, require_table, string_column
+from stats.table import REJECTS_REQUIRED, SplitGroups, group_results, order_splits, require_table, string_column
 from stats.verdict import Verdict, decide
 
 
@@ -22,9 +25,9 @@ from stats.verdict import Verdict, decide
 class Reduction:
     """Everything stats concludes from one set of results.
 
-    summary, tests, histograms: the tables written as summary/tests/histograms.parquet
-    (columns documented in stats.summary, stats.compare, stats.histograms).
-    verdict: the conclusion. settings: the settings that produced them.
+    summary, tests, histograms, ranking: the tables written as summary/tests/histograms/
+    ranking.parquet (columns documented in stats.summary, stats.compare, stats.histograms,
+    stats.ranking). verdict: the conclusion. settings: the settings that produced them.
     """
 
     summary: pa.Table
@@ -32,6 +35,7 @@ class Reduction:
     histograms: pa.Table
     verdict: Verdict
     settings: StatsSettings = field(default_factory=StatsSettings)
+    ranking: pa.Table = field(default_factory=RANKING_SCHEMA.empty_table)
 
 
 def reduce(
@@ -44,8 +48,9 @@ def reduce(
 
     Args:
         results: one row per recovered image; needs ``image_id``, ``split`` and ``error``
-            (DESIGN §5); uses ``converged`` when present. Any split name is allowed; the
-            split named "generated" is the generator's own images.
+            (DESIGN §5); uses ``mse``, ``converged``, the search columns and the source
+            columns (stats.columns) when present. Any split name is allowed; the split
+            named "generated" is the generator's own images.
         rejects: one row per input that could not be audited; needs ``split``.
         settings: thresholds and options, see StatsSettings.
 
@@ -62,11 +67,15 @@ def reduce(
     rejected = count_rejects(rejects)
     converged = converged_rates(results, groups.rows)
     splits = order_splits([*groups.names, *rejected])
+    success, success_column = _success(results, groups)
 
-    summary = summarize(groups.errors, rejected, converged, settings)
-    tests = compare(groups.errors, splits, settings)
+    summary = summarize(groups.errors, rejected, converged, settings, success=success, success_column=success_column,
+                        extras=search_extras(results, groups.rows))
+    ranking, partial = rank_pairs(results, groups, settings)
+    tests = compare(groups.errors, splits, settings, partial)
     histograms = histogram_table(groups.errors, settings.bins)
-    verdict = decide(summary, tests, settings)
+    warnings = tuple(confounds(results, groups.rows, settings.pairs))
+    verdict = decide(summary, tests, settings, ranking=ranking, confounds=warnings)
 
     meta = {b"memaudit.stats": json.dumps({"settings": settings.as_dict(), "verdict": verdict_dict(verdict)}).encode()}
     return Reduction(
@@ -75,7 +84,35 @@ def reduce(
         histograms=histograms.replace_schema_metadata(meta),
         verdict=verdict,
         settings=settings,
+        ranking=ranking.replace_schema_metadata(meta),
     )
+
+
+def _success(results: pa.Table, groups: SplitGroups) -> tuple[dict[str, np.ndarray], str]:
+    """Each split's sorted values that tau applies to (mse, else error), and their column."""
+    if "mse" not in results.column_names:
+        return groups.errors, "error"
+    error = results.column("error").to_numpy().astype(np.float64, copy=False)
+    values, column = success_values(results, error)
+    return {s: np.sort(values[r]) for s, r in groups.rows.items()}, column
+
+
+def rank_pairs(
+    results: pa.Table, groups: SplitGroups, settings: StatsSettings
+) -> tuple[pa.Table, dict[tuple[str, str], dict[str, object]]]:
+    """ranking.parquet (every memorization pair with results on both sides) and each pair's partial-test fields."""
+    ids = results.column("image_id")
+    error = results.column("error").to_numpy().astype(np.float64, copy=False)
+    tables, partial = [], {}
+    for a, b in settings.pairs:
+        if a not in groups.rows or b not in groups.rows:
+            continue
+        rows = groups.rows[a]
+        table, fields = rank_pair(a, b, ids.take(pa.array(rows)).combine_chunks().cast(pa.string()), error[rows],
+                                  groups.errors[b], fdr=settings.fdr, low_quantile=settings.low_quantile)
+        tables.append(table)
+        partial[(a, b)] = fields
+    return (pa.concat_tables(tables) if tables else RANKING_SCHEMA.empty_table()), partial
 
 
 def verdict_dict(verdict: Verdict) -> dict[str, object]:
@@ -85,6 +122,12 @@ def verdict_dict(verdict: Verdict) -> dict[str, object]:
         "rules_fired": list(verdict.rules_fired),
         "numbers": {k: _json_number(v) for k, v in verdict.numbers.items()},
         "reasons": list(verdict.reasons),
+        "tests": [
+            {"pair": list(t.pair), "rule": t.rule, "p_value": _json_number(t.p_value),
+             "holm_p_value": _json_number(t.adjusted), "fired": t.fired}
+            for t in verdict.tests
+        ],
+        "confounds": list(verdict.confounds),
     }
 
 

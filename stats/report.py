@@ -1,19 +1,17 @@
 """The self-contained HTML report, and `report_from_output` behind `memaudit report OUT`.
 
-The report reads top-down: the verdict in one sentence, the statistics, the error
-distributions, convergence, the best/median/worst recoveries, the rejects, then config
-and provenance. Images are embedded as base64 data URIs so the file stands alone. Every
+The report reads top-down: the verdict in one sentence (with any confound warnings),
+the statistics, the verdict's rules, the most memorized training images, the error
+distributions, convergence, the search budget, the best/median/worst recoveries, the
+rejects, then config and provenance. Images are embedded as base64 data URIs so the file stands alone. Every
 piece of text that comes from the data (split names, image ids, reasons, the config) is
 HTML-escaped.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime
-import html
 import json
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 import matplotlib
@@ -25,10 +23,15 @@ import scipy
 from stats import io as stats_io
 from stats.curves import convergence_curves
 from stats.plots import convergence_png, ecdf_png, histogram_png, split_colors
+from stats.checks import check_output
 from stats.reduction import Reduction, reduce
+from stats.report_sections import confounds_box, memorized_section, rules_section, search_section
 from stats.samples import SampleImages, check_samples, prepare
 from stats.settings import StatsSettings, field_names
 from stats.table import RANKS, group_results
+from stats.html import escape as _e
+from stats.html import img as _img
+from stats.html import table as _table
 from stats.text import number, percent
 
 MAX_REJECT_GROUPS = 20
@@ -48,6 +51,7 @@ figure { display: inline-block; margin: 0.4em; text-align: center; font-size: 0.
 img.sample { image-rendering: pixelated; width: 128px; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
 .problem { color: #a00; }
+.confounds { padding: 0.4em 1em; border-left: 4px solid #c90; background: #fff8e6; }
 """
 
 
@@ -66,8 +70,8 @@ def render_report(
         results: the results table (for the ECDFs and, with a ``trace`` column, the
             convergence curves).
         rejects: the rejects table, shown as reason counts and a few examples.
-        samples: best/median/worst recoveries (samples.parquet), drawn as target,
-            recovery and |difference| per split.
+        samples: recoveries (samples.parquet), drawn as target, recovery and |difference|:
+            best/median/worst per split, and top-<n> for the most memorized images.
         run_info: run.json's content, shown under provenance.
     """
     # The ids were checked by reduce(); the report needs the grouped errors only.
@@ -77,8 +81,11 @@ def render_report(
     sections = [
         _verdict_section(reduction),
         _statistics_section(reduction),
+        rules_section(reduction),
+        memorized_section(reduction, samples),
         _distributions_section(reduction, groups.errors, colors),
         _convergence_section(results, groups.rows, colors, settings),
+        search_section(reduction, results, groups.rows, colors),
         _samples_section(samples),
         _rejects_section(rejects),
         _provenance_section(settings, run_info),
@@ -97,15 +104,21 @@ def report_from_output(
     settings: StatsSettings | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> Reduction:
-    """Rebuild summary, tests, histograms and report.html of a run from its output alone.
+    """Rebuild summary, tests, histograms, ranking and report.html of a run from its output alone.
 
-    Reads OUT/results (and rejects, samples.parquet, run.json when present), reduces,
-    renders and writes, each file atomically. Settings default to run.json's
-    ``config.stats`` (its keys that name StatsSettings fields), else to the defaults.
+    Reads OUT/results (and rejects, samples.parquet, run.json when present), checks them as
+    the job does (every image planned in run.json is one results or rejects row; no
+    held-out image is also a training image, by id or target_hash), reduces, renders and
+    writes, each file atomically. Settings default to run.json's ``config.stats`` (its keys
+    that name StatsSettings fields), else to the defaults.
+
+    Raises:
+        StatsError: an unreadable output, or one that fails the checks (nothing is written).
     """
     results, rejects, samples, run_info = stats_io.read_output(out_url, storage_options=storage_options)
     if settings is None:
         settings = settings_from_run_info(run_info)
+    check_output(results, rejects, run_info, settings.pairs)
     reduction = reduce(results, rejects, settings=settings)
     html_text = render_report(reduction, results=results, rejects=rejects, samples=samples, run_info=run_info)
     stats_io.write_outputs(out_url, reduction, html_text, storage_options=storage_options)
@@ -136,7 +149,7 @@ def _verdict_section(reduction: Reduction) -> str:
     reasons = "".join(f"<li>{_e(r)}</li>" for r in verdict.reasons)
     return (
         f'<section id="verdict"><p class="verdict {_e(css)}">{_e(verdict.sentence)}</p>\n'
-        f"<ul>{reasons}</ul></section>"
+        f"{confounds_box(reduction)}<ul>{reasons}</ul></section>"
     )
 
 
@@ -144,15 +157,17 @@ def _statistics_section(reduction: Reduction) -> str:
     summary_rows = [
         [
             r["split"], r["kind"], r["count"], r["rejected"], r["mre"], r["mean"], r["std"], r["min"],
-            r["q05"], r["q25"], r["q75"], r["q95"], r["max"], r["tau"], percent(r["success_rate"]),
+            r["q05"], r["q25"], r["q75"], r["q95"], r["max"], f"{number(r['tau'])} ({r['tau_column']})",
+            percent(r["success_rate"]),
             percent(r["converged_rate"]),
         ]
         for r in reduction.summary.to_pylist()
     ]
     summary = _table(
         ["split", "kind", "n", "rejected", "MRE", "mean", "std", "min", "q05", "q25", "q75", "q95", "max",
-         "tau", "success (error < tau)", "converged"],
+         "tau", "success (below tau)", "converged"],
         summary_rows,
+        text_columns=(13,),
     )
     test_rows = [
         [
@@ -225,7 +240,9 @@ def _samples_section(samples: pa.Table | None) -> str:
     if samples is None or samples.num_rows == 0:
         return ""
     check_samples(samples)
-    rows = samples.to_pylist()
+    rows = [r for r in samples.to_pylist() if r["rank"] in RANKS]  # top-<n> are drawn under "Most memorized"
+    if not rows:
+        return ""
     rank_order = {r: i for i, r in enumerate(RANKS)}
     splits = list(dict.fromkeys(r["split"] for r in rows))
     parts = ['<section id="samples"><h2>Recoveries</h2>\n<p>Per split, the best, median and worst '
@@ -298,32 +315,3 @@ def _provenance_section(settings: StatsSettings, run_info: dict[str, Any] | None
         f"{settings_table}{ignored_note}\n{run}\n"
         f"<p>Report made {_e(made)} with {_e(', '.join(f'{k} {v}' for k, v in versions.items()))}.</p></section>"
     )
-
-
-# --- HTML helpers ---------------------------------------------------------------------
-
-
-def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def _cell(value: object) -> str:
-    return _e(number(value) if isinstance(value, (int, float)) or value is None else value)
-
-
-def _table(headers: Sequence[str], rows: Iterable[Sequence[object]], text_columns: Iterable[int] = ()) -> str:
-    text = set(text_columns) | {0}
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(
-            f'<td class="text">{_cell(v)}</td>' if i in text else f"<td>{_cell(v)}</td>" for i, v in enumerate(row)
-        ) + "</tr>\n"
-        for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>"
-
-
-def _img(png: bytes, alt: str, css: str | None = None) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    klass = f' class="{_e(css)}"' if css else ""
-    return f'<img{klass} alt="{_e(alt)}" src="data:image/png;base64,{data}">'

@@ -1,4 +1,8 @@
-"""Best, median and worst recoveries per split (samples.parquet): checks and the difference image."""
+"""Recoveries drawn in the report (samples.parquet): checks and the difference image.
+
+Ranks: best, median and worst per split, and top-<n> for the training images ranked n-th
+in ranking.parquet (the "Most memorized training images" section).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import pyarrow.compute as pc
 from PIL import Image, UnidentifiedImageError
 
 from stats.errors import StatsError
-from stats.table import RANKS, SAMPLES_REQUIRED, require_table, string_column
+from stats.table import RANKS, SAMPLES_REQUIRED, TOP, is_sample_rank, require_table, string_column
 
 
 @dataclass(frozen=True)
@@ -32,13 +36,13 @@ class SampleImages:
 
 
 def check_samples(samples: pa.Table) -> pa.Table:
-    """The samples table with its columns checked; rank must be best, median or worst."""
+    """The samples table with its columns checked; rank must be best, median, worst or top-<n>."""
     require_table(samples, "samples", SAMPLES_REQUIRED)
     string_column(samples, "split", "samples")
     ranks = set(pc.unique(samples.column("rank")).to_pylist())
-    unknown = sorted(str(r) for r in ranks - set(RANKS))
+    unknown = sorted(str(r) for r in ranks if not is_sample_rank(r))
     if unknown:
-        raise StatsError(f"samples: column 'rank' has {unknown[0]!r}; valid: {', '.join(RANKS)}")
+        raise StatsError(f"samples: column 'rank' has {unknown[0]!r}; valid: {', '.join(RANKS)}, {TOP}<n>")
     for name in ("target", "recovery"):
         dtype = samples.column(name).type
         if not (pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype)):

@@ -1,4 +1,11 @@
-"""Per-split summary of recovery errors (DESIGN §2): count, MRE, moments, quantiles, success."""
+"""Per-split summary of recovery errors (DESIGN §2): count, MRE, moments, quantiles, success.
+
+Success counts images whose ``mse`` is below tau (tau_real, or tau_generated for the
+generated split) whatever loss was optimized; results without an mse column use
+``error`` (stats.columns.success_values). With the search engine's columns, the summary
+also has the median number of generator evaluations per image and quantiles of the
+recovered latents' norm |z| / sqrt(d), so recoveries far outside the prior are visible.
+"""
 
 from __future__ import annotations
 
@@ -28,8 +35,14 @@ SUMMARY_SCHEMA = pa.schema(
         pa.field("q95", pa.float64()),
         pa.field("max", pa.float64()),
         pa.field("tau", pa.float64(), nullable=False),  # success threshold used for this split
-        pa.field("success_rate", pa.float64()),  # fraction of errors < tau
+        pa.field("tau_column", pa.string(), nullable=False),  # "mse" | "error": what tau applies to
+        pa.field("success_rate", pa.float64()),  # fraction of tau_column values < tau
         pa.field("converged_rate", pa.float64()),  # fraction converged; null without the column
+        pa.field("evaluations_median", pa.float64()),  # generator evaluations per image; null without the column
+        pa.field("exact_rate", pa.float64()),  # fraction with evaluations_to_exact set (mse reached the exact level)
+        pa.field("latent_norm_q05", pa.float64()),  # |z| / sqrt(d) of the best latent; null without the column
+        pa.field("latent_norm_median", pa.float64()),
+        pa.field("latent_norm_q95", pa.float64()),
     ]
 )
 
@@ -40,8 +53,8 @@ def median_sorted(x: np.ndarray) -> float:
     return float(0.5 * (x[(n - 1) // 2] + x[n // 2]))
 
 
-def describe(x: np.ndarray, tau: float) -> dict[str, float]:
-    """Statistics of one split's sorted errors (x ascending, len >= 1)."""
+def describe(x: np.ndarray, tau: float, success: np.ndarray | None = None) -> dict[str, float]:
+    """Statistics of one split's sorted errors (x ascending, len >= 1); success: the sorted values tau applies to."""
     n = len(x)
     # Scale very large values first so that the mean and the squares cannot overflow.
     scale = float(x[-1]) if x[-1] > 1e150 else 1.0
@@ -59,7 +72,7 @@ def describe(x: np.ndarray, tau: float) -> dict[str, float]:
         "q75": q75,
         "q95": q95,
         "max": float(x[-1]),
-        "success_rate": float(np.searchsorted(x, tau, side="left")) / n,
+        "success_rate": float(np.searchsorted(x if success is None else success, tau, side="left")) / n,
     }
 
 
@@ -72,6 +85,10 @@ def summarize(
     rejected: Mapping[str, int],
     converged: Mapping[str, float | None],
     settings: StatsSettings,
+    *,
+    success: Mapping[str, np.ndarray] | None = None,
+    success_column: str = "error",
+    extras: Mapping[str, Mapping[str, object]] | None = None,
 ) -> pa.Table:
     """One row per split present in the results or the rejects, in report order.
 
@@ -79,6 +96,10 @@ def summarize(
         errors: each split's sorted errors.
         rejected: number of rejects rows per split (splits may have rejects only).
         converged: fraction of converged rows per split, or None when unknown.
+        success: each split's sorted values that tau applies to (default: the errors).
+        success_column: the column those values come from ("mse" or "error").
+        extras: per split, values of the search columns (evaluations_median, exact_rate,
+            latent_norm_*); missing ones are null.
     """
     rows = []
     for split in order_splits([*errors, *rejected]):
@@ -90,9 +111,11 @@ def summarize(
             "count": len(x),
             "rejected": int(rejected.get(split, 0)),
             "tau": tau,
+            "tau_column": success_column,
             "converged_rate": converged.get(split),
+            **dict((extras or {}).get(split, {})),
         }
         if len(x):
-            row.update(describe(x, tau))
+            row.update(describe(x, tau, None if success is None else success.get(split)))
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA)

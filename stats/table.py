@@ -24,6 +24,14 @@ RESULTS_REQUIRED = ("image_id", "split", "error")
 REJECTS_REQUIRED = ("split",)
 SAMPLES_REQUIRED = ("image_id", "split", "rank", "error", "target", "recovery")
 RANKS = ("best", "median", "worst")
+TOP = "top-"  # samples of the memorization ranking: rank "top-<n>", n the image's rank in ranking.parquet
+
+
+def is_sample_rank(rank: object) -> bool:
+    """best, median, worst, or top-<n> with n >= 1."""
+    if rank in RANKS:
+        return True
+    return isinstance(rank, str) and rank.startswith(TOP) and rank[len(TOP):].isdigit() and int(rank[len(TOP):]) >= 1
 
 
 def order_splits(names: Iterable[str]) -> list[str]:

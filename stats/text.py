@@ -30,6 +30,12 @@ def number(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, ..., 11th, 21st."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def percent(value: Any) -> str:
     return "-" if value is None else f"{value:.1%}"
 
@@ -65,4 +71,13 @@ def format_summary(reduction: Any) -> str:
             f"p = {number(t['ks_pvalue'], 2)} (one-sided {number(t['ks_one_sided_pvalue'], 2)}), "
             f"MW p = {number(t['mw_pvalue'], 2)}, MRE-gap = {number(t['mre_gap'])}{ci}"
         )
+        if t.get("flagged") is not None:
+            lines.append(
+                f"  {t['flagged']} of {t['n_a']} {t['split_a']} images flagged (q <= {reduction.settings.fdr:g}; "
+                f"p-values beyond {t['split_b']} from {t['tail_model']} tail); {t['low_count']} below the "
+                f"{ordinal(t['low_rank'])} smallest {t['split_b']} error (expected {number(t['low_expected'])}, "
+                f"p = {number(t['low_count_pvalue'], 2)})"
+            )
+    if reduction.verdict.confounds:
+        lines += ["", *(f"warning: {w}" for w in reduction.verdict.confounds)]
     return "\n".join(lines)

@@ -1,11 +1,25 @@
-"""The verdict: memorization, no evidence, or inconclusive (DESIGN §2, issue 3).
+"""The verdict: memorization, no evidence, or inconclusive (DESIGN §2, issue 10).
 
-The paper flags overfitting when the train/val KS p-value is below 1% or the MRE-gap is
-above 10%. We fire a rule only in the direction of memorization, train recovered better
-than val: the KS rule needs the one-sided test (train errors smaller) to agree, and the
-gap is signed. The audit is inconclusive, whatever the rules say, when the test cannot be
-run or trusted: no train or val split, a split below the minimum size, or generated
-images that the search does not recover.
+The verdict is a test with a stated false-positive rate. For every memorization pair
+(a, b) of ``settings.pairs`` ((train, val) by default) four rules each give a p-value
+for "a is recovered better than b", all in the direction of memorization:
+
+    ks         one-sided two-sample KS (a's errors stochastically smaller): a global shift
+    mre_gap    bootstrap p-value of "MRE-gap <= gap_threshold"; it also needs the lower end
+               of the gap's confidence interval above gap_threshold, never the point estimate
+    images     Simes' test over the per-image p-values of stats.ranking: a few a-images
+               far below everything b holds (partial memorization)
+    low_count  exact hypergeometric test of the number of a-errors below b's low quantile
+
+Holm's step-down procedure over all of them keeps the family-wise error rate at alpha:
+on exchangeable splits the chance that any rule fires is at most alpha at every split
+size (benchmarks/calibration.py measures it). The paper's rule (KS p < 1% or gap > 10% on
+the point estimate) fires by chance 27% of the time at 64 images per split; its numbers
+stay in tests.parquet and the report for comparison with the paper.
+
+The audit is inconclusive, whatever the rules say, when the test cannot be run or
+trusted: a pair's split missing or below min_split_size, or generated images that the
+search does not recover. Confounds (format, size, channels) are warnings, not blockers.
 """
 
 from __future__ import annotations
@@ -17,14 +31,31 @@ from typing import Any
 import pyarrow as pa
 
 from stats.settings import StatsSettings
-from stats.table import GENERATED, TRAIN, VAL
+from stats.table import GENERATED
+from stats.text import ordinal
 
 MEMORIZATION = "memorization"
 NO_EVIDENCE = "no evidence"
 INCONCLUSIVE = "inconclusive"
 
-RULE_KS = "ks"  # KS p-value < alpha, one-sided (train smaller) p-value < alpha
-RULE_GAP = "mre_gap"  # MRE-gap > gap_threshold
+RULE_KS = "ks"
+RULE_GAP = "mre_gap"
+RULE_IMAGES = "images"
+RULE_COUNT = "low_count"
+RULES = (RULE_IMAGES, RULE_COUNT, RULE_KS, RULE_GAP)  # the order the sentence names them
+P_COLUMN = {RULE_KS: "ks_one_sided_pvalue", RULE_GAP: "gap_pvalue", RULE_IMAGES: "images_pvalue",
+            RULE_COUNT: "low_count_pvalue"}
+
+
+@dataclass(frozen=True)
+class RuleTest:
+    """One rule on one pair: its p-value, Holm-adjusted p-value, and whether it fired."""
+
+    pair: tuple[str, str]
+    rule: str
+    p_value: float
+    adjusted: float
+    fired: bool
 
 
 @dataclass(frozen=True)
@@ -33,9 +64,13 @@ class Verdict:
 
     label: "memorization" | "no evidence" | "inconclusive".
     sentence: the conclusion in one sentence, with the numbers that decided it.
-    rules_fired: the rules that fired ("ks", "mre_gap"); empty unless memorization.
-    numbers: the values behind the decision (plain floats and ints; NaN when unknown).
+    rules_fired: the rules that fired ("images", "low_count", "ks", "mre_gap"); empty
+        unless memorization.
+    numbers: the values behind the decision for the first pair (floats, ints, the
+        strongest image's id; NaN when unknown).
     reasons: why the label was chosen, and caveats, one statement each.
+    tests: every rule on every pair, with Holm-adjusted p-values.
+    confounds: warnings about differences between a pair's splits (format, size, channels).
     """
 
     label: str
@@ -43,116 +78,196 @@ class Verdict:
     rules_fired: tuple[str, ...] = ()
     numbers: dict[str, Any] = field(default_factory=dict)
     reasons: tuple[str, ...] = ()
+    tests: tuple[RuleTest, ...] = ()
+    confounds: tuple[str, ...] = ()
 
 
-def decide(summary: pa.Table, tests: pa.Table, settings: StatsSettings) -> Verdict:
-    """Apply the rules to the summary and tests tables of one reduction."""
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-adjusted p-values: max over j <= i of (m - j + 1) p_(j), capped at 1, in input order."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    adjusted, running = [0.0] * m, 0.0
+    for step, i in enumerate(order):
+        running = max(running, min(1.0, (m - step) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def decide(
+    summary: pa.Table,
+    tests: pa.Table,
+    settings: StatsSettings,
+    *,
+    ranking: pa.Table | None = None,
+    confounds: tuple[str, ...] = (),
+) -> Verdict:
+    """Apply the rules to the tables of one reduction (summary, tests, ranking) and the confound warnings."""
     splits = {row["split"]: row for row in summary.to_pylist()}
-    pair = next((r for r in tests.to_pylist() if (r["split_a"], r["split_b"]) == (TRAIN, VAL)), None)
+    rows = {(r["split_a"], r["split_b"]): r for r in tests.to_pylist()}
+    for (_, b), row in rows.items():
+        row["min_b"] = splits[b]["min"] if b in splits else None  # the smallest reference error, for scale
     numbers: dict[str, Any] = {
         "alpha": settings.alpha,
         "gap_threshold": settings.gap_threshold,
+        "fdr": settings.fdr,
         "min_split_size": settings.min_split_size,
         "tau_generated": settings.tau_generated,
         "min_generated_success": settings.min_generated_success,
     }
-    blockers: list[str] = []
+    blockers = _size_blockers(splits, settings, numbers)
     caveats: list[str] = []
-
-    for name in (TRAIN, VAL):
-        n = splits[name]["count"] if name in splits else 0
-        numbers[f"n_{name}"] = n
-        if name not in splits:
-            blockers.append(f"there is no {name!r} split, so there is no train/val test")
-        elif n < settings.min_split_size:
-            blockers.append(
-                f"split {name!r} has {n} recovered image{'' if n == 1 else 's'}; the train/val test needs at least "
-                f"{settings.min_split_size} (min_split_size)"
-            )
-
-    generated = splits.get(GENERATED)
-    if generated is None:
-        caveats.append("there is no generated split, so the search was not checked on the generator's own images")
-    else:
-        rate = generated["success_rate"]
-        numbers["generated_success_rate"] = _num(rate)
-        if rate is None:
-            blockers.append("the generated split has no recovered images, so the search cannot be checked")
-        elif rate < settings.min_generated_success:
-            blockers.append(
-                f"only {rate:.0%} of generated images were recovered below tau_generated = "
-                f"{settings.tau_generated:g} (at least {settings.min_generated_success:.0%} needed), "
-                "so the search cannot be trusted to find training images either"
-            )
-
-    fired: list[str] = []
-    if pair is not None and pair["ks_pvalue"] is not None:
-        numbers.update(
-            mre_train=_num(pair["mre_a"]),
-            mre_val=_num(pair["mre_b"]),
-            mre_gap=_num(pair["mre_gap"]),
-            gap_ci_low=_num(pair["gap_ci_low"]),
-            gap_ci_high=_num(pair["gap_ci_high"]),
-            ks_statistic=_num(pair["ks_statistic"]),
-            ks_pvalue=_num(pair["ks_pvalue"]),
-            ks_one_sided_pvalue=_num(pair["ks_one_sided_pvalue"]),
-            mw_pvalue=_num(pair["mw_pvalue"]),
-        )
-        if pair["ks_pvalue"] < settings.alpha and pair["ks_one_sided_pvalue"] < settings.alpha:
-            fired.append(RULE_KS)
-        if pair["mre_gap"] is not None and pair["mre_gap"] > settings.gap_threshold:
-            fired.append(RULE_GAP)
-        if pair["mre_gap"] is None:
-            caveats.append(pair["note"] or "the MRE-gap is undefined")
+    _generated_gate(splits.get(GENERATED), settings, numbers, blockers, caveats)
+    rule_tests = _family(rows, settings)
+    fired = [t for t in rule_tests if t.fired]
+    first = next((rows[p] for p in settings.pairs if p in rows and rows[p]["ks_pvalue"] is not None), None)
+    if first is not None:
+        _pair_numbers(first, ranking, numbers)
+        if first["mre_gap"] is None:
+            caveats.append(first["note"] or "the MRE-gap is undefined")
+    caveats += [_flag_summary(rows[p], ranking, settings) for p in settings.pairs if p in rows and rows[p]["flagged"] is not None]
+    caveats += list(confounds)
+    common = {"numbers": numbers, "tests": tuple(rule_tests), "confounds": tuple(confounds)}
 
     if blockers:
         if fired:
-            caveats.append(f"the train/val rules alone would fire: {', '.join(_describe(r, numbers) for r in fired)}")
-        return Verdict(
-            label=INCONCLUSIVE,
-            sentence=_sentence("Inconclusive", "; ".join(blockers)),
-            rules_fired=(),
-            numbers=numbers,
-            reasons=tuple(blockers + caveats),
-        )
-
-    assert pair is not None  # no blocker means train and val both have results
+            caveats.insert(0, "the rules alone would fire: " + "; ".join(_describe(t, rows, settings) for t in fired))
+        return Verdict(INCONCLUSIVE, _sentence("Inconclusive", "; ".join(blockers)), (), reasons=tuple(blockers + caveats),
+                       **common)
     if fired:
-        because = "; ".join(_describe(r, numbers) for r in fired)
-        return Verdict(
-            label=MEMORIZATION,
-            sentence=_sentence("Memorization", f"train images are recovered better than val images ({because})"),
-            rules_fired=tuple(fired),
-            numbers=numbers,
-            reasons=tuple([f"rule {r!r} fired: {_describe(r, numbers)}" for r in fired] + caveats),
-        )
-    checks = f"KS p = {_p(numbers['ks_pvalue'])}, MRE-gap = {_g(numbers['mre_gap'])}"
-    if pair["ks_pvalue"] < settings.alpha:
-        why = (
-            f"train and val errors differ, but train is not recovered better "
-            f"({checks}; one-sided p = {_p(numbers['ks_one_sided_pvalue'])} ≥ {settings.alpha:g})"
-        )
-    else:
-        why = (
-            f"train and val errors do not differ detectably "
-            f"({checks}; p ≥ {settings.alpha:g}, gap ≤ {settings.gap_threshold:g})"
-        )
-    return Verdict(
-        label=NO_EVIDENCE,
-        sentence=_sentence("No evidence of memorization", why),
-        rules_fired=(),
-        numbers=numbers,
-        reasons=tuple([why] + caveats),
-    )
+        ordered = sorted(fired, key=lambda t: (settings.pairs.index(t.pair), RULES.index(t.rule)))
+        body = "; ".join(_describe(t, rows, settings) for t in ordered)
+        reasons = [f"rule {t.rule!r} fired on {t.pair[0]} vs {t.pair[1]}: {_describe(t, rows, settings)} "
+                   f"(Holm-adjusted p = {_p(t.adjusted)} <= alpha = {settings.alpha:g})" for t in ordered]
+        names = tuple(dict.fromkeys(t.rule for t in ordered))
+        return Verdict(MEMORIZATION, _sentence("Memorization", body), names, reasons=tuple(reasons + caveats), **common)
+    why = _no_evidence(first, rule_tests, settings)
+    return Verdict(NO_EVIDENCE, _sentence("No evidence of memorization", why), (), reasons=tuple([why] + caveats),
+                   **common)
 
 
-def _describe(rule: str, numbers: dict[str, Any]) -> str:
-    if rule == RULE_KS:
-        return (
-            f"KS p = {_p(numbers['ks_pvalue'])} < {numbers['alpha']:g}, "
-            f"one-sided p = {_p(numbers['ks_one_sided_pvalue'])}"
+def _size_blockers(splits: dict[str, dict], settings: StatsSettings, numbers: dict[str, Any]) -> list[str]:
+    blockers: list[str] = []
+    for a, b in settings.pairs:
+        for name in (a, b):
+            n = splits[name]["count"] if name in splits else 0
+            numbers[f"n_{name}"] = n
+            if name not in splits:
+                message = f"there is no {name!r} split, so there is no {a}/{b} test"
+            elif n < settings.min_split_size:
+                message = (f"split {name!r} has {n} recovered image{'' if n == 1 else 's'}; the {a}/{b} test needs "
+                           f"at least {settings.min_split_size} (min_split_size)")
+            else:
+                continue
+            if message not in blockers:
+                blockers.append(message)
+    return blockers
+
+
+def _generated_gate(generated: dict | None, settings: StatsSettings, numbers: dict[str, Any],
+                    blockers: list[str], caveats: list[str]) -> None:
+    if generated is None:
+        caveats.append("there is no generated split, so the search was not checked on the generator's own images")
+        return
+    rate = generated["success_rate"]
+    numbers["generated_success_rate"] = _num(rate)
+    if rate is None:
+        blockers.append("the generated split has no recovered images, so the search cannot be checked")
+    elif rate < settings.min_generated_success:
+        blockers.append(
+            f"only {rate:.0%} of generated images were recovered below tau_generated = {settings.tau_generated:g} "
+            f"({generated.get('tau_column') or 'mse'}; at least {settings.min_generated_success:.0%} needed), "
+            "so the search cannot be trusted to find training images either"
         )
-    return f"MRE-gap = {_g(numbers['mre_gap'])} > {numbers['gap_threshold']:g}"
+
+
+def _family(rows: dict[tuple[str, str], dict], settings: StatsSettings) -> list[RuleTest]:
+    """Every defined (pair, rule) p-value, Holm-adjusted together; the gap rule also needs its CI."""
+    members = []
+    for pair in settings.pairs:
+        row = rows.get(pair)
+        if row is None or row["ks_pvalue"] is None:
+            continue
+        for rule in (RULE_KS, RULE_GAP, RULE_IMAGES, RULE_COUNT):
+            value = row.get(P_COLUMN[rule])
+            if value is not None and not math.isnan(value):
+                members.append((pair, rule, float(value)))
+    adjusted = holm([p for _, _, p in members])
+    out = []
+    for (pair, rule, p), adj in zip(members, adjusted):
+        fired = adj <= settings.alpha
+        if rule == RULE_GAP:
+            low = rows[pair]["gap_ci_low"]
+            fired = fired and low is not None and low > settings.gap_threshold
+        out.append(RuleTest(pair, rule, p, adj, fired))
+    return out
+
+
+def _pair_numbers(row: dict, ranking: pa.Table | None, numbers: dict[str, Any]) -> None:
+    a, b = row["split_a"], row["split_b"]
+    numbers.update({
+        f"mre_{a}": _num(row["mre_a"]), f"mre_{b}": _num(row["mre_b"]),
+        **{k: _num(row[k]) for k in ("mre_gap", "gap_ci_low", "gap_ci_high", "gap_pvalue", "ks_statistic", "ks_pvalue",
+                                     "ks_one_sided_pvalue", "mw_pvalue", "images_pvalue", "low_count_pvalue",
+                                     "low_expected")},
+        "low_count": row["low_count"], "flagged": row["flagged"], "tail_model": row["tail_model"],
+    })
+    top = _strongest(ranking, a, b)
+    if top is not None:
+        numbers.update(strongest_image=top["image_id"], strongest_error=top["error"],
+                       strongest_pvalue=top["p_value"], strongest_qvalue=top["q_value"])
+    numbers[f"min_{b}_error"] = _num(row.get("min_b"))
+
+
+def _strongest(ranking: pa.Table | None, a: str, b: str) -> dict | None:
+    if ranking is None or ranking.num_rows == 0:
+        return None
+    for row in ranking.to_batches():
+        for r in row.to_pylist():
+            if r["split"] == a and r["reference"] == b:
+                return r  # sorted by p-value within a pair: the first is the strongest
+    return None
+
+
+def _flag_summary(row: dict, ranking: pa.Table | None, settings: StatsSettings) -> str:
+    a, b = row["split_a"], row["split_b"]
+    text = f"{row['flagged']} of {row['n_a']} {a} images flagged at q <= {settings.fdr:g} against {b}"
+    top = _strongest(ranking, a, b)
+    if top is not None:
+        text += (f"; the strongest is {top['image_id']} (error {_g(top['error'])}, p = {_p(top['p_value'])}, "
+                 f"q = {_p(top['q_value'])}; smallest {b} error {_g(row.get('min_b'))})")
+    model = "an exponential lower-tail model on the log scale" if row["tail_model"] == "exponential" else "empirical ranks"
+    return text + f"; p-values beyond the {b} sample from {model}"
+
+
+def _describe(test: RuleTest, rows: dict[tuple[str, str], dict], settings: StatsSettings) -> str:
+    row = rows[test.pair]
+    a, b = test.pair
+    if test.rule == RULE_IMAGES:
+        n = row["flagged"]
+        return (f"{n} {'training image is' if n == 1 else 'training images are'} reproduced far better than any "
+                f"unseen image (q <= {settings.fdr:g}; {a} vs {b}, Simes p = {_p(test.p_value)})")
+    if test.rule == RULE_COUNT:
+        return (f"{row['low_count']} {a} images lie below the {ordinal(row['low_rank'])} smallest {b} error, where "
+                f"{row['low_expected']:.1f} are expected (p = {_p(test.p_value)})")
+    if test.rule == RULE_KS:
+        return (f"{a} errors are smaller than {b} errors overall (one-sided KS p = {_p(test.p_value)}, "
+                f"D = {_g(row['ks_one_sided_statistic'])}; two-sided KS p = {_p(row['ks_pvalue'])})")
+    level = f"{settings.confidence:.0%}"
+    return (f"MRE-gap = {_g(row['mre_gap'])}, {level} CI [{_g(row['gap_ci_low'])}, {_g(row['gap_ci_high'])}] above "
+            f"{settings.gap_threshold:g} (bootstrap p = {_p(test.p_value)})")
+
+
+def _no_evidence(row: dict | None, rule_tests: list[RuleTest], settings: StatsSettings) -> str:
+    smallest = min(rule_tests, key=lambda t: t.adjusted, default=None)
+    level = f"no rule fires at family-wise level alpha = {settings.alpha:g}"
+    if row is None or smallest is None:
+        return level
+    checks = (f"KS p = {_p(row['ks_pvalue'])}, MRE-gap = {_g(row['mre_gap'])}; smallest Holm-adjusted p = "
+              f"{_p(smallest.adjusted)} (rule {smallest.rule!r})")
+    if row["ks_pvalue"] < settings.alpha and row["ks_one_sided_pvalue"] >= settings.alpha:
+        return (f"{row['split_a']} and {row['split_b']} errors differ, but {row['split_a']} is not recovered better "
+                f"({checks}; one-sided KS p = {_p(row['ks_one_sided_pvalue'])}); {level}")
+    return f"{level} ({checks})"
 
 
 def _sentence(head: str, body: str) -> str:
@@ -163,9 +278,9 @@ def _num(value: float | None) -> float:
     return math.nan if value is None else float(value)
 
 
-def _p(value: float) -> str:
-    return f"{value:.2g}"
+def _p(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2g}"
 
 
-def _g(value: float) -> str:
-    return f"{value:.3g}"
+def _g(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"

@@ -95,7 +95,8 @@ def test_report_from_output_writes_tables_and_report_equal_to_reduce(out_url):
     reduction = report_from_output(out_url)
     direct = reduce(expected, pa.table({"split": ["train", "val"]}))
     fs, root = fsspec.core.url_to_fs(out_url)
-    for name, table in (("summary", direct.summary), ("tests", direct.tests), ("histograms", direct.histograms)):
+    for name, table in (("summary", direct.summary), ("tests", direct.tests), ("histograms", direct.histograms),
+                        ("ranking", direct.ranking)):
         written = pq.read_table(f"{root}/{name}.parquet", filesystem=fs)
         assert written.equals(table), name
     assert reduction.verdict == direct.verdict
@@ -146,7 +147,8 @@ def test_report_on_a_local_directory(tmp_path):
     url = str(tmp_path / "run")
     write_run(url)
     report_from_output(url)
-    assert {p.name for p in (tmp_path / "run").iterdir()} >= {"summary.parquet", "tests.parquet", "histograms.parquet", "report.html"}
+    assert {p.name for p in (tmp_path / "run").iterdir()} >= {"summary.parquet", "tests.parquet", "histograms.parquet",
+                                                              "ranking.parquet", "report.html"}
 
 
 def test_cli_prints_verdict_summary_and_report_path(out_url, capsys):

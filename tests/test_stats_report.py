@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from stats import StatsError, reduce, render_report
-from stats.curves import convergence_curves, padded_traces
+from stats.curves import budget_curves, convergence_curves, iterations, padded_traces
 from stats.table import group_results
 
 EVIL = "<script>alert(1)</script>"
@@ -129,7 +129,8 @@ def test_report_is_valid_self_contained_html_with_the_verdict():
 
     assert reduction.verdict.sentence in text
     assert text.index(reduction.verdict.sentence) < text.index("Statistics")  # verdict first
-    assert page.sections == ["verdict", "statistics", "distributions", "convergence", "samples", "rejects", "provenance"]
+    assert page.sections == ["verdict", "statistics", "rules", "memorized", "distributions", "convergence", "samples",
+                             "rejects", "provenance"]
     assert page.scripts == 0 and EVIL not in document and "&lt;script&gt;alert(1)&lt;/script&gt;" in document
     assert EVIL in text  # shown to the reader as text
     assert "http" not in "".join(page.images)  # nothing fetched from elsewhere
@@ -145,8 +146,10 @@ def test_report_is_valid_self_contained_html_with_the_verdict():
 def test_report_without_traces_samples_rejects_or_run_info():
     results = make_results(with_traces=False)
     page = parse(render_report(reduce(results), results=results))
-    assert page.sections == ["verdict", "statistics", "distributions", "provenance"]
+    assert page.sections == ["verdict", "statistics", "rules", "memorized", "distributions", "provenance"]
     assert len(page.images) == 2
+    text = "".join(page.text)
+    assert "No rendered images of these" in text
 
 
 def test_difference_image_is_the_absolute_difference():
@@ -208,3 +211,69 @@ def test_split_names_are_escaped_everywhere():
     assert evil_split not in document
     assert len(page.images) == 2 and all(src.startswith("data:image/png;base64,") for src in page.images)
     assert evil_split in "".join(page.text)
+
+
+def copies_results(n: int = 60, copies: int = 4) -> pa.Table:
+    """Train and val alike, plus a few train images recovered almost exactly."""
+    rng = np.random.default_rng(7)
+    train, val = rng.lognormal(np.log(1e-2), 0.7, n), rng.lognormal(np.log(1e-2), 0.7, n)
+    train[:copies] = [1e-5, 2e-5, 4e-5, 8e-5][:copies]
+    return pa.table({"image_id": [f"train-{i}" for i in range(n)] + [f"val-{i}" for i in range(n)],
+                     "split": ["train"] * n + ["val"] * n, "error": np.concatenate([train, val])})
+
+
+def top_samples(ids: list[str]) -> pa.Table:
+    rng = np.random.default_rng(2)
+    rows = []
+    for i, image_id in enumerate(ids, start=1):
+        target = rng.integers(0, 256, (8, 8))
+        rows.append({"image_id": image_id, "split": "train", "rank": f"top-{i}", "error": 1e-5,
+                     "target": png(target), "recovery": png(target)})
+    return pa.Table.from_pylist(rows)
+
+
+def test_most_memorized_section_shows_the_flagged_images_with_p_and_q():
+    results = copies_results()
+    reduction = reduce(results)
+    flagged = [r["image_id"] for r in reduction.ranking.to_pylist() if r["flagged"]]
+    assert flagged[:4] == ["train-0", "train-1", "train-2", "train-3"]
+    page = parse(render_report(reduction, results=results, samples=top_samples(flagged)))
+    text = "".join(page.text)
+    assert "Most memorized training images" in text
+    assert f"{len(flagged)} of 60 train images are flagged at q" in text
+    assert "For scale: the smallest val error is" in text
+    assert f"#1: train-0 (error 1e-05, p = " in text
+    # 2 distributions + target, recovery, difference for each flagged image
+    assert len(page.images) == 2 + 3 * len(flagged)
+    assert reduction.verdict.sentence.startswith(f"Memorization: {len(flagged)} training images are reproduced far")
+    assert "top-1" not in text  # drawn under "Most memorized", not with best/median/worst
+
+
+def test_search_section_from_the_engine_columns():
+    results = copies_results()
+    n = results.num_rows
+    rng = np.random.default_rng(3)
+    spent = rng.integers(50, 5000, n)
+    reached = pa.array([int(s * 0.5) if i % 3 else None for i, s in enumerate(spent)], pa.int64())
+    results = (results.append_column("evaluations", pa.array(spent, pa.int64()))
+               .append_column("evaluations_to_exact", reached)
+               .append_column("latent_norm", pa.array(rng.normal(1.0, 0.1, n))))
+    reduction = reduce(results)
+    row = reduction.summary.to_pylist()[0]
+    assert row["exact_rate"] == pytest.approx(np.mean([i % 3 != 0 for i in range(60)]))
+    assert row["evaluations_median"] == pytest.approx(np.median(spent[:60]))
+    assert 0.7 < row["latent_norm_q05"] < row["latent_norm_median"] < row["latent_norm_q95"] < 1.3
+    curves = budget_curves(results, group_results(results).rows)
+    assert curves["train"].share[-1] == pytest.approx(row["exact_rate"])
+    assert np.all(np.diff(curves["train"].budgets) >= 0)
+    page = parse(render_report(reduction, results=results))
+    assert "search" in page.sections and len(page.images) == 3
+    assert "Success against" not in "".join(page.text)  # the figure's title is inside the PNG
+    assert "share of each split recovered exactly" in "".join(page.text).lower()
+
+
+def test_convergence_starts_at_iteration_zero():
+    results = make_results()
+    curve = convergence_curves(results, group_results(results).rows, cap=1000, seed=0)["train"]
+    steps = iterations(curve)
+    assert steps[0] == 0 and len(steps) == len(curve.median)  # trace[0] is the start point

@@ -77,6 +77,34 @@ def test_success_uses_strict_threshold_and_split_kind():
     assert summary_row(reduction, "generated")["kind"] == "generated"
 
 
+def test_tau_applies_to_mse_whatever_the_loss():
+    table = results_table({"train": [0.5, 0.6, 0.7], "generated": [0.5, 0.6, 0.7]})  # error: an mae, say
+    with_mse = table.append_column("mse", pa.array([0.01, 0.03, None, 1e-4, 2e-3, 5e-4]))
+    reduction = reduce(with_mse)
+    train, generated = summary_row(reduction, "train"), summary_row(reduction, "generated")
+    assert train["tau_column"] == "mse" and train["success_rate"] == pytest.approx(1 / 3)  # the null falls back to error
+    assert generated["tau"] == 1e-3 and generated["success_rate"] == pytest.approx(2 / 3)
+    assert summary_row(reduce(table), "train")["tau_column"] == "error"
+    assert summary_row(reduce(table), "train")["latent_norm_median"] is None  # absent columns: null
+
+
+def test_new_settings_are_validated_naming_the_field():
+    assert StatsSettings(pairs=[["train", "test"]]).pairs == (("train", "test"),)
+    assert StatsSettings().as_dict()["pairs"] == [["train", "val"]]
+    for values, message in (
+        ({"fdr": 0}, r"stats\.fdr: 0 is outside \(0.0, 1.0\)"),
+        ({"pairs": [["train"]]}, r"stats\.pairs\[0\]: expected \[a, b\]"),
+        ({"pairs": [["train", "train"]]}, r"stats\.pairs\[0\]: compares 'train' with itself"),
+        ({"pairs": [["train", "generated"]]}, r"stats\.pairs\[0\]: the generated split"),
+        ({"pairs": []}, r"stats\.pairs: needs at least one"),
+        ({"pairs": "train,val"}, r"stats\.pairs: expected a list"),
+        ({"low_quantile": 0.9}, r"stats\.low_quantile"),
+        ({"top_images": -1}, r"stats\.top_images"),
+    ):
+        with pytest.raises(StatsError, match=message):
+            StatsSettings.from_mapping(values)
+
+
 def test_rejects_are_counted_per_split_including_splits_without_results():
     table = results_table({"train": [0.1, 0.2], "val": [0.3]})
     rejects = pa.table({"image_id": ["a", "b", "c"], "split": ["train", "holdout", "holdout"], "reason": ["x"] * 3})

@@ -1,0 +1,147 @@
+"""Report sections of issue 10 and issue 9: the verdict's rules, the most memorized training images, the search.
+
+Kept apart from stats.report so each file stays readable; they share stats.html's helpers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from stats.curves import budget_curves
+from stats.html import escape, img, table
+from stats.plots import budget_png
+from stats.reduction import Reduction
+from stats.samples import SampleImages, check_samples, prepare
+from stats.table import TOP
+from stats.text import number, ordinal, percent
+
+MAX_LISTED = 100  # flagged images listed in the table (all of them are in ranking.parquet)
+UNFLAGGED_SHOWN = 10  # best-ranked images shown when none is flagged
+
+
+def confounds_box(reduction: Reduction) -> str:
+    """A warning box when a pair's splits differ in format, size or channels."""
+    warnings = reduction.verdict.confounds
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{escape(w)}</li>" for w in warnings)
+    return f'<div class="confounds"><p><strong>Possible confounds</strong></p><ul>{items}</ul></div>'
+
+
+def rules_section(reduction: Reduction) -> str:
+    """Every rule on every pair with its p-value and Holm-adjusted p-value, and the partial-memorization tests."""
+    tests = reduction.verdict.tests
+    if not tests:
+        return ""
+    settings = reduction.settings
+    rows = [[f"{t.pair[0]} vs {t.pair[1]}", t.rule, number(t.p_value, 2), number(t.adjusted, 2),
+             "fired" if t.fired else "-"] for t in tests]
+    partial = []
+    for t in reduction.tests.to_pylist():
+        if t["images_pvalue"] is None:
+            continue
+        partial.append([
+            f"{t['split_a']} vs {t['split_b']}", t["tail_model"], t["tail_k"], t["tail_threshold"], t["tail_scale"],
+            t["tail_gof_statistic"], number(t["tail_gof_pvalue"], 2), number(t["images_pvalue"], 2), t["flagged"],
+            f"{t['low_count']} (expected {number(t['low_expected'])}) below the {ordinal(t['low_rank'])} smallest",
+            number(t["low_count_pvalue"], 2),
+        ])
+    return (
+        '<section id="rules"><h2>Verdict rules</h2>\n'
+        f"<p>Each rule gives a p-value for &ldquo;a is recovered better than b&rdquo;; Holm's procedure over all of "
+        f"them keeps the chance of a false &ldquo;memorization&rdquo; at most alpha = {settings.alpha:g}. "
+        "<em>ks</em>: one-sided KS; <em>mre_gap</em>: bootstrap p-value of MRE-gap &le; "
+        f"{settings.gap_threshold:g}, and the lower end of its CI must be above it; <em>images</em>: Simes over the "
+        "per-image p-values; <em>low_count</em>: exact count of a-images below b's low quantile.</p>\n"
+        f"{table(['pair', 'rule', 'p', 'Holm-adjusted p', 'fired'], rows, text_columns=(1, 4))}\n"
+        "<p>Per-image p-values: empirical ranks inside the reference sample; beyond it, an exponential model of the "
+        "reference's lower tail on the log scale (k lowest errors below the threshold u, mean distance below u), "
+        "checked by the one-sided Gini test of exponentiality (p below 0.1: empirical ranks only).</p>\n"
+        + table(["pair", "tail model", "k", "u", "scale (log)", "Gini G", "GOF p", "Simes p", "flagged",
+                 "low count", "count p"], partial, text_columns=(1, 9))
+        + "</section>"
+    )
+
+
+def memorized_section(reduction: Reduction, samples: pa.Table | None) -> str:
+    """"Most memorized training images": the flagged images (or the best-ranked) per pair, with their recoveries."""
+    ranking = reduction.ranking
+    if ranking.num_rows == 0:
+        return ""
+    fdr = reduction.settings.fdr
+    summary = {r["split"]: r for r in reduction.summary.to_pylist()}
+    rendered = _rendered(samples)
+    parts = ['<section id="memorized"><h2>Most memorized training images</h2>']
+    for a, b in reduction.settings.pairs:
+        mine = [r for r in ranking.to_pylist() if r["split"] == a and r["reference"] == b]
+        if not mine:
+            continue
+        flagged = [r for r in mine if r["flagged"]]
+        smallest = summary.get(b, {}).get("min")
+        listed = flagged[:MAX_LISTED] if flagged else mine[:UNFLAGGED_SHOWN]
+        drawn = flagged[: reduction.settings.top_images] if flagged else mine[: min(UNFLAGGED_SHOWN, reduction.settings.top_images)]
+        head = (f"{len(flagged)} of {len(mine)} {a} images are flagged at q &le; {fdr:g} against {escape(b)}"
+                if flagged else f"No {escape(a)} image is flagged at q &le; {fdr:g} against {escape(b)}; the "
+                f"{len(listed)} best-ranked are shown")
+        parts.append(f"<h3>{escape(a)} vs {escape(b)}</h3>\n<p>{head}. For scale: the smallest {escape(b)} error is "
+                     f"{escape(number(smallest))}, the median {escape(number(summary.get(b, {}).get('mre')))}.</p>")
+        parts.append(table(["rank", "image_id", "error", "p", "q", "p from", "flagged"],
+                           [[r["rank"], r["image_id"], r["error"], number(r["p_value"], 2), number(r["q_value"], 2),
+                             r["p_method"], "yes" if r["flagged"] else "no"] for r in listed], text_columns=(1, 5, 6)))
+        if len(flagged) > len(listed):
+            parts.append(f"<p>{len(flagged) - len(listed)} more flagged images are in ranking.parquet.</p>")
+        shown = [(r, rendered.get((a, r["image_id"]))) for r in drawn]
+        figures = [_memorized_html(r, item) for r, item in shown if item is not None]
+        if figures:
+            parts.extend(figures)
+        else:
+            parts.append("<p>No rendered images of these (samples.parquet has no top-ranked recoveries; "
+                         "the job renders them).</p>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _rendered(samples: pa.Table | None) -> dict[tuple[str, str], SampleImages]:
+    if samples is None or samples.num_rows == 0:
+        return {}
+    check_samples(samples)
+    return {(r["split"], str(r["image_id"])): prepare(r) for r in samples.to_pylist() if str(r["rank"]).startswith(TOP)}
+
+
+def _memorized_html(row: dict[str, Any], item: SampleImages) -> str:
+    caption = (f"#{row['rank']}: {row['image_id']} (error {number(row['error'])}, p = {number(row['p_value'], 2)}, "
+               f"q = {number(row['q_value'], 2)})")
+    figures = []
+    for label, png in (("target", item.target), ("recovery", item.recovery), ("|difference|", item.difference)):
+        if png is not None:
+            figures.append(f"<figure>{img(png, f'{label} of {item.image_id}', css='sample')}"
+                           f"<figcaption>{escape(label)}</figcaption></figure>")
+    problem = f'<p class="problem">{escape(item.problem)}</p>' if item.problem else ""
+    return f'<div class="sample"><p>{escape(caption)}</p>{"".join(figures)}{problem}</div>'
+
+
+def search_section(reduction: Reduction, results: pa.Table, rows: dict[str, np.ndarray], colors: dict[str, str]) -> str:
+    """Success against generator evaluations, and the recovered latents' norms, when the results carry them."""
+    curves = budget_curves(results, rows)
+    summary = reduction.summary.to_pylist()
+    norms = [[r["split"], r["evaluations_median"], percent(r["exact_rate"]), r["latent_norm_q05"],
+              r["latent_norm_median"], r["latent_norm_q95"]] for r in summary
+             if any(r[k] is not None for k in ("evaluations_median", "exact_rate", "latent_norm_median"))]
+    if not curves and not norms:
+        return ""
+    parts = ['<section id="search"><h2>Search budget</h2>']
+    if curves:
+        parts.append("<p>Share of each split recovered exactly (mse below the engine's exact level) within b generator "
+                     "evaluations per image, over all restarts and screening (the paper supplement's &sect;5 curves). "
+                     "A generated split far from 100% means the search, not the generator, limits the audit.</p>")
+        parts.append(img(budget_png(curves, {s: colors[s] for s in curves}), "share recovered exactly against budget"))
+    if norms:
+        parts.append("<p>Generator evaluations per image (median), share recovered exactly, and the norm |z|/sqrt(d) "
+                     "of the best latent: about 1 under a normal prior; recoveries far above it lie outside the region "
+                     "the generator was trained on.</p>")
+        parts.append(table(["split", "evaluations (median)", "exact", "|z|/sqrt(d) q05", "median", "q95"], norms))
+    parts.append("</section>")
+    return "\n".join(parts)
