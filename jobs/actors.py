@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from . import outputs, storage
 from .config import AuditConfig
 from .plan import Shard, generated_ids
-from .sources import Item, content_hash, read_items
+from .sources import Item, SourceImage, content_hash, describe_image, read_items
 
 # Fault injection for tests only: "<shard id>:<marker file>" makes the actor process exit abruptly the
 # first time it runs that shard (the marker records that it did), as a preempted node would.
@@ -52,7 +52,7 @@ class SampleRequest:
     """One image to render for samples.parquet: where it is, and which rank it holds in its split."""
 
     split: str
-    rank: str  # best | median | worst
+    rank: str  # best | median | worst, or top-<n> for the n-th image of ranking.parquet
     image_id: str
     error: float
     source_index: int  # -1 for generated
@@ -134,6 +134,7 @@ class AuditActor:
                                                     settings=config.recovery)  # [N, *latent], [N, C, H, W]
             where = [f"generated:seed={config.targets.generated.seed}"] * len(ids)
             rows = list(range(shard.start, shard.stop))
+            described = [SourceImage(None, None, None, None)] * len(ids)  # no source image
         else:
             src = config.targets.splits[shard.split][shard.source_index]
             items = read_items(src, shard.segments, config.base_dir, endpoint)
@@ -151,6 +152,7 @@ class AuditActor:
                 except recovery.ImageError as exc:
                     rejects.append((item, "decode", str(exc)))
             ids = [i.image_id for i in kept]
+            described = [describe_image(i.data) for i in kept]
             where = [i.source for i in kept]
             rows = [i.row for i in kept]
             targets = torch.stack(tensors) if tensors else torch.empty((0, *self.shape))
@@ -158,7 +160,8 @@ class AuditActor:
         failures = 0
         if ids:
             table = recovery.recover(self.generator, targets, ids, settings=config.recovery, feature_net=self.feature_net)
-            results = _results_table(table, shard.split, where, rows, [content_hash(t.numpy()) for t in targets], z0)
+            results = _results_table(table, shard.split, where, rows, [content_hash(t.numpy()) for t in targets], z0,
+                                     described)
             if "failure" in results.column_names and results.column("failure").null_count < results.num_rows:
                 # G gave no finite loss from any start: the image cannot be audited, so it is a rejects row.
                 failed = results.filter(pc.invert(pc.is_null(results.column("failure"))))
@@ -224,8 +227,10 @@ class AuditActor:
         return True
 
 
-def _results_table(table: pa.Table, split: str, sources: list[str], rows: list[int], hashes: list[str], z0) -> pa.Table:
-    """recover()'s table with split, source and row after image_id, and target_hash (+ z0 for generated) at the end."""
+def _results_table(table: pa.Table, split: str, sources: list[str], rows: list[int], hashes: list[str], z0,
+                   described: list[SourceImage]) -> pa.Table:
+    """recover()'s table with split, source and row after image_id; then the source image's format, orig_width,
+    orig_height and channels (null for generated), target_hash, and z0 for generated, at the end."""
     n = table.num_rows
     columns = {"image_id": table.column("image_id"),
                "split": pa.array([split] * n, pa.string()),
@@ -234,6 +239,10 @@ def _results_table(table: pa.Table, split: str, sources: list[str], rows: list[i
     for name in table.column_names:
         if name != "image_id":
             columns[name] = table.column(name)
+    columns["format"] = pa.array([d.format for d in described], pa.string())
+    columns["orig_width"] = pa.array([d.width for d in described], pa.int64())
+    columns["orig_height"] = pa.array([d.height for d in described], pa.int64())
+    columns["channels"] = pa.array([d.channels for d in described], pa.int64())
     columns["target_hash"] = pa.array(hashes, pa.string())
     if z0 is not None:
         flat = z0.reshape(n, -1).float().cpu().numpy()  # [N, D]

@@ -332,6 +332,11 @@ def build_config(raw: Mapping, *, base_dir: str, config_path: str | None = None)
         config_path=config_path,
     )
     _check_locations(config)
+    if "pairs" in (raw.get("stats") or {}):  # named by the user: each split must be audited (the default may not be)
+        for i, pair in enumerate(config.stats.pairs):
+            for split in (s for s in pair if s not in config.targets.splits):
+                raise ConfigError(f"stats.pairs[{i}]: split {split!r} is not in targets "
+                                  f"({', '.join(config.targets.splits) or 'none'})")
     return config
 
 

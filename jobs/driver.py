@@ -32,7 +32,6 @@ from .plan import Plan, Shard, make_plan
 
 log = logging.getLogger("memaudit")
 
-RANKS = ("best", "median", "worst")
 
 
 class JobError(RuntimeError):
@@ -342,6 +341,7 @@ class Progress:
 
 def _reduce(pool: ActorPool, config: AuditConfig, plan: Plan, info: dict, t0: float) -> Outcome:
     import stats
+    import stats.checks
 
     started = time.time()
     out, endpoint = config.output, config.storage.endpoint_url
@@ -351,19 +351,20 @@ def _reduce(pool: ActorPool, config: AuditConfig, plan: Plan, info: dict, t0: fl
         log.error("every image was rejected, so there is nothing to reduce; see %s", storage.join(out, "rejects"))
         return _finish(info, config, t0, "failed", 1)
     results, rejects, _, _ = stats.read_output(out, storage_options=options, columns=columns)
-    counts = _check_complete(results, rejects, plan)
+    try:
+        counts = stats.checks.check_complete(results, rejects, plan.images)
+    except stats.StatsError as exc:  # the parts do not add up to the plan: the output is inconsistent
+        raise JobError(str(exc)) from None
     info["counts"] = counts
-    overlap = _content_overlap(results)
+    overlap = stats.checks.overlaps(results, config.stats.pairs)
     if overlap:
-        n, examples = overlap
-        message = (f"{n} val images have the same content as train images (by target_hash), e.g. {examples}; "
-                   "a held-out image must not be a training image. Fix the sources; the parts are kept for inspection.")
+        message = f"{overlap[0]}. Fix the sources; the parts are kept for inspection."
         log.error("%s", message)
         info["refused"] = message
         return _finish(info, config, t0, "refused", 1)
     log.info("reducing %d results and %d rejects with stats", results.num_rows, 0 if rejects is None else rejects.num_rows)
     reduction = stats.reduce(results, rejects, settings=config.stats)
-    samples = _samples(pool, config, plan, results)
+    samples = _samples(pool, config, plan, results, reduction.ranking)
     if samples is not None:
         storage.put_atomic(outputs.file_url(out, "samples.parquet"), samples, endpoint)
         samples = _table_from_parquet(samples)
@@ -395,40 +396,9 @@ def _any_results(out: str, endpoint: str | None) -> bool:
         return False
 
 
-def _check_complete(results: pa.Table, rejects: pa.Table | None, plan: Plan) -> dict[str, dict[str, int]]:
-    """Every planned image is exactly one results row or one rejects row (DESIGN §5); counts per split."""
-    counts = {}
-    for split, planned in plan.images.items():
-        in_results = results.filter(pc.equal(results.column("split"), split))
-        in_rejects = rejects.filter(pc.equal(rejects.column("split"), split)) if rejects is not None else None
-        ids = in_results.column("image_id").to_pylist() + ([] if in_rejects is None else in_rejects.column("image_id").to_pylist())
-        n_res, n_rej = in_results.num_rows, 0 if in_rejects is None else in_rejects.num_rows
-        if n_res + n_rej != planned or len(set(ids)) != len(ids):
-            raise JobError(f"output: split {split} has {n_res} results and {n_rej} rejects rows "
-                           f"({len(ids) - len(set(ids))} ids repeated) for {planned} planned images; the output "
-                           "is inconsistent (was it written by hand?); re-run with --overwrite")
-        failures = 0
-        if in_rejects is not None and "stage" in in_rejects.column_names:
-            failures = pc.sum(pc.equal(in_rejects.column("stage"), "recover")).as_py() or 0
-        counts[split] = {"images": planned, "results": n_res, "rejects": n_rej, "failures": failures}
-    return counts
-
-
-def _content_overlap(results: pa.Table) -> tuple[int, list[str]] | None:
-    """(count, a few val ids) of val images whose target equals a train image's, or None."""
-    if "target_hash" not in results.column_names:
-        return None
-    split = results.column("split")
-    train = set(results.filter(pc.equal(split, "train")).column("target_hash").to_pylist())
-    val = results.filter(pc.equal(split, "val"))
-    both = [i for i, h in zip(val.column("image_id").to_pylist(), val.column("target_hash").to_pylist()) if h in train]
-    return (len(both), both[:3]) if both else None
-
-
 def pick_samples(results: pa.Table, plan: Plan) -> dict[str, list[SampleRequest]]:
     """Best, median and worst recovery per split (images with a finite error), as render requests."""
-    source_of = {(split, url): listing.index for split, found in plan.listings.items()
-                 for listing in found for url in listing.files}
+    source_of = _source_indexes(plan)
     chosen: dict[str, list[SampleRequest]] = {}
     for split in pc.unique(results.column("split")).to_pylist():
         part = results.filter(pc.equal(results.column("split"), split))
@@ -437,21 +407,57 @@ def pick_samples(results: pa.Table, plan: Plan) -> dict[str, list[SampleRequest]
         if not order:
             continue
         picks = {"best": order[0], "median": order[(len(order) - 1) // 2], "worst": order[-1]}
-        requests = []
-        for rank, i in picks.items():
-            source = part.column("source")[i].as_py()
-            index = -1 if split == GENERATED else source_of[(split, source)]
-            requests.append(SampleRequest(split, rank, part.column("image_id")[i].as_py(), float(errors[i]), index, source,
-                                          int(part.column("row")[i].as_py())))
-        chosen[split] = requests
+        chosen[split] = [_request(part, i, split, rank, source_of) for rank, i in picks.items()]
     return chosen
 
 
-def _samples(pool: ActorPool, config: AuditConfig, plan: Plan, results: pa.Table) -> bytes | None:
+def pick_top(results: pa.Table, plan: Plan, ranking: pa.Table, *, top_images: int) -> dict[str, list[SampleRequest]]:
+    """The report's "Most memorized training images" as render requests, rank "top-<n>" (n: the image's rank in
+    ranking.parquet): per memorization pair the flagged images, at most top_images, else the min(10, top_images)
+    best-ranked. An image ranked against two references is rendered once, under its first pair."""
+    source_of = _source_indexes(plan)
+    chosen: dict[str, list[SampleRequest]] = {}
+    seen: set[tuple[str, str]] = set()
+    for (split, reference), group in _pairs_of(ranking).items():
+        flagged = [r for r in group if r["flagged"]]
+        top = flagged[:top_images] if flagged else group[: min(10, top_images)]
+        part = results.filter(pc.equal(results.column("split"), split))
+        where = {image_id: i for i, image_id in enumerate(part.column("image_id").to_pylist())}
+        for row in top:
+            if (split, row["image_id"]) in seen or row["image_id"] not in where:
+                continue
+            seen.add((split, row["image_id"]))
+            chosen.setdefault(split, []).append(_request(part, where[row["image_id"]], split, f"top-{row['rank']}",
+                                                         source_of))
+    return chosen
+
+
+def _pairs_of(ranking: pa.Table) -> dict[tuple[str, str], list[dict]]:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in ranking.select(["image_id", "split", "reference", "flagged", "rank"]).to_pylist():
+        groups.setdefault((row["split"], row["reference"]), []).append(row)
+    return {key: sorted(rows, key=lambda r: r["rank"]) for key, rows in groups.items()}
+
+
+def _source_indexes(plan: Plan) -> dict[tuple[str, str], int]:
+    return {(split, url): listing.index for split, found in plan.listings.items() for listing in found
+            for url in listing.files}
+
+
+def _request(part: pa.Table, i: int, split: str, rank: str, source_of: dict[tuple[str, str], int]) -> SampleRequest:
+    source = part.column("source")[i].as_py()
+    index = -1 if split == GENERATED else source_of[(split, source)]
+    return SampleRequest(split, rank, part.column("image_id")[i].as_py(), float(part.column("error")[i].as_py()), index,
+                         source, int(part.column("row")[i].as_py()))
+
+
+def _samples(pool: ActorPool, config: AuditConfig, plan: Plan, results: pa.Table, ranking: pa.Table) -> bytes | None:
     """samples.parquet bytes, rendered by one actor per split; None (logged, and noted in run.json) if impossible."""
     import ray
 
     requests = pick_samples(results, plan)
+    for split, top in pick_top(results, plan, ranking, top_images=config.stats.top_images).items():
+        requests.setdefault(split, []).extend(top)
     if not requests:
         return None
     actor = pool.any_ready(config.job.actor_start_timeout)

@@ -3,7 +3,7 @@
     <out>/results/split=<split>/part-<shard>.parquet   written by an actor, first (absent if every image was rejected)
     <out>/rejects/part-<shard>.parquet                 written by the actor last, always (maybe empty): the shard's
                                                        done marker
-    <out>/samples.parquet  summary.parquet  tests.parquet  histograms.parquet  report.html  run.json
+    <out>/samples.parquet  summary.parquet  tests.parquet  histograms.parquet  ranking.parquet  report.html  run.json
 
 Each part is one atomic put and carries the run's fingerprint in its Parquet schema metadata
 (b"memaudit.fingerprint"), so resume decides from footers alone: a shard is done when its rejects part
@@ -27,7 +27,8 @@ from .config import ConfigError
 FINGERPRINT_KEY = b"memaudit.fingerprint"
 SHARD_KEY = b"memaudit.shard"
 # Everything memaudit writes under <out>: --overwrite removes these and nothing else.
-OWN_FILES = ("run.json", "samples.parquet", "summary.parquet", "tests.parquet", "histograms.parquet", "report.html")
+OWN_FILES = ("run.json", "samples.parquet", "summary.parquet", "tests.parquet", "histograms.parquet", "ranking.parquet",
+             "report.html")
 OWN_DIRS = ("results", "rejects")
 
 REJECTS_SCHEMA = pa.schema([

@@ -15,12 +15,15 @@ config's directory for local files and the full URL otherwise.
 The driver checks ids before any work (cheap: the id column only): duplicates within a split and ids
 shared by train and val are refused. Equal image *content* under different ids is checked after the run
 from the `target_hash` column that actors add to every results row (hashing every image in the driver
-would read the whole data set twice at 10^6 scale).
+would read the whole data set twice at 10^6 scale). `describe_image` reads an image's header (format,
+original size, channels) for the results rows, so that stats can warn when train and val differ in
+them (issue 10).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -340,3 +343,38 @@ def check_ids(ids_by_split: dict[str, Sequence[str | None]], *, examples: int = 
 def content_hash(array: np.ndarray) -> str:
     """A short hash of an image as audited (its target tensor's bytes): equal images, equal hashes."""
     return hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=8).hexdigest()
+
+
+# Channels of a decoded image by PIL mode; a palette image is audited as RGB(A).
+_MODE_CHANNELS = {"1": 1, "L": 1, "I": 1, "F": 1, "I;16": 1, "I;16B": 1, "I;16L": 1, "LA": 2, "La": 2, "P": 3,
+                  "PA": 4, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3, "RGBA": 4, "RGBa": 4, "RGBX": 4, "CMYK": 4}
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """What an image was before preprocessing: its encoding and original size (null fields when unknown)."""
+
+    format: str | None  # PNG, JPEG, ... as PIL names it; "array" for raw uint8 arrays
+    width: int | None
+    height: int | None
+    channels: int | None
+
+
+def describe_image(data: bytes | np.ndarray | None) -> SourceImage:
+    """The format, original size and channel count of an input image, from its header only (PIL is lazy).
+
+    Called on images that recovery.to_target already decoded, so a header PIL cannot read is not expected;
+    it gives nulls rather than a second reject reason for the same image.
+    """
+    if isinstance(data, np.ndarray):
+        channels = 1 if data.ndim == 2 else int(data.shape[2])
+        return SourceImage("array", int(data.shape[1]), int(data.shape[0]), channels)
+    if not isinstance(data, (bytes, bytearray)):
+        return SourceImage(None, None, None, None)
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return SourceImage(image.format, image.size[0], image.size[1], _MODE_CHANNELS.get(image.mode))
+    except (UnidentifiedImageError, OSError, ValueError):
+        return SourceImage(None, None, None, None)

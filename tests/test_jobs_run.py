@@ -80,9 +80,13 @@ def test_full_run_reads_and_writes_s3(ray_local, s3, bucket, moto_server, tiny_d
     generated = results.filter(pc.equal(results.column("split"), "generated"))
     assert len(generated.column("z0")[0].as_py()) == 8
     assert s3.exists(f"{bucket}/out/results/split=train/part-{make_plan(load_config(config_path)).shards[0].id}.parquet")
-    for name in ("summary.parquet", "tests.parquet", "histograms.parquet", "samples.parquet", "report.html", "run.json"):
+    for name in ("summary.parquet", "tests.parquet", "histograms.parquet", "ranking.parquet", "samples.parquet",
+                 "report.html", "run.json"):
         assert s3.exists(f"{bucket}/out/{name}"), name
-    assert set(samples.column("rank").to_pylist()) == {"best", "median", "worst"}
+    ranks = set(samples.column("rank").to_pylist())
+    assert {"best", "median", "worst"} <= ranks and {r for r in ranks if r.startswith("top-")}  # + the ranking's top
+    train = results.filter(pc.equal(results.column("split"), "train"))
+    assert set(train.column("format").to_pylist()) == {"PNG"} and set(train.column("channels").to_pylist()) == {1}
     assert run_info["status"] == "done" and run_info["counts"]["val"] == {"images": 8, "results": 6, "rejects": 2, "failures": 0}
     assert run_info["fingerprint"] == make_plan(load_config(config_path)).fingerprint
     assert set(run_info["versions"]) >= {"memaudit", "torch", "ray", "pyarrow"}
