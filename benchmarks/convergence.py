@@ -1,7 +1,7 @@
 """Does the search recover a trained generator's own images, and how fast? (issue 9)
 
     python benchmarks/convergence.py [--models natural-dcgan.pt,natural-upconv.pt] [--images 64]
-                                     [--remedy-images 16] [--device cuda] [--threads 2] [--skip old,remedy]
+                                     [--remedy-images 16] [--device cuda] [--threads 2] [--skip encoder,old,remedy]
 
 For each bundled trained generator (jobs/assets/models, see MODEL_CARD.md), 64 generated targets
 (G(z0), z0 seeded), one process, one run, it prints per search: the fraction of images recovered
@@ -12,6 +12,8 @@ below 1e-3 and 1e-2 MSE, the median MSE, images/s and generator evaluations per 
             one random start;
   remedy    the paper's remedy for hard generators: the same, 10 restarts x 100 steps (slow: run on the
             first --remedy-images targets; its images/s is what counts);
+  encoder   the default with the learned start (start: encoder); its one-off training time is printed apart
+            (it is paid once per generator, and cached by the job);
   old       memaudit before issue 9 (commit OLD_ENGINE, restored with `git archive` into a temporary
             folder and run in a subprocess) at restarts 4, iterations 200.
 
@@ -35,7 +37,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recovery import GeneratorSpec, LatentSpec, RecoverySettings, load_generator, recover, sample_generated  # noqa: E402
+from recovery import (  # noqa: E402
+    GeneratorSpec, LatentSpec, RecoverySettings, load_generator, recover, sample_generated, train_encoder)
 
 MODELS = ROOT / "jobs" / "assets" / "models"
 OLD_ENGINE = "6d8e3ea"  # the last commit before issue 9's search
@@ -125,6 +128,15 @@ def bench(name: str, args) -> None:
     print(f"    starts per image {np.mean(table.column('restarts').to_numpy()):.2f}; stops "
           + ", ".join(f"{s['values']} {s['counts']}" for s in stops))
     skip = set(args.skip.split(",")) if args.skip else set()
+    if "encoder" not in skip:
+        settings = RecoverySettings(seed=args.seed, start="encoder", encoder_steps=args.encoder_steps)
+        t = time.perf_counter()
+        encoder = train_encoder(g, settings=settings, steps=settings.encoder_steps, seed=args.seed)
+        trained = time.perf_counter() - t
+        t = time.perf_counter()
+        table = recover(g, targets, ids, settings=settings, encoder=encoder)
+        print(line("encoder start", table.column("mse").to_numpy(), time.perf_counter() - t,
+                   np.mean(table.column("evaluations").to_numpy())) + f"  [+{trained:.0f} s training, once]")
     if "paper" not in skip:
         t = time.perf_counter()
         mse, evaluations = paper_reference(g, targets, steps=50, restarts=1, seed=args.seed)
@@ -147,7 +159,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
-    ap.add_argument("--skip", default="", help="comma-separated: paper, remedy, old")
+    ap.add_argument("--encoder-steps", type=int, default=2000)
+    ap.add_argument("--skip", default="", help="comma-separated: encoder, paper, remedy, old")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
