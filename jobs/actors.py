@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import outputs, storage
+from . import encoders, outputs, storage
 from .config import AuditConfig
 from .plan import Shard, generated_ids
 from .sources import Item, SourceImage, content_hash, describe_image, read_items
@@ -90,6 +90,7 @@ class AuditActor:
         storage.configure(config.job.storage_retries, config.job.storage_retry_seconds)
         self.node = socket.gethostname()
         self.error: Exception | None = None
+        self.encoder = None  # the learned start, loaded from the output's cache on first use
         started = time.time()
         try:
             torch.set_num_threads(max(1, int(round(config.resources.cpus_per_actor))))
@@ -106,6 +107,20 @@ class AuditActor:
         except Exception as exc:  # noqa: BLE001 - kept and raised by ready(), so the driver sees the cause itself
             self.error = exc
         self.load_seconds = time.time() - started
+
+    def prepare_encoder(self) -> str:
+        """Train the learned start's encoder unless the output's cache has it (the driver asks one actor, once)."""
+        if self.error is not None:
+            raise self.error
+        return encoders.prepare(self.generator, self.config)
+
+    def _encoder(self):
+        """The cached encoder for recovery.start: encoder (loaded once), else None."""
+        if self.config.recovery.start != "encoder":
+            return None
+        if self.encoder is None:
+            self.encoder = encoders.load(self.generator, self.config)
+        return self.encoder
 
     def ready(self) -> dict:
         """Raises the error that loading the generator raised; else where and how this actor runs."""
@@ -159,7 +174,8 @@ class AuditActor:
             z0 = None
         failures = 0
         if ids:
-            table = recovery.recover(self.generator, targets, ids, settings=config.recovery, feature_net=self.feature_net)
+            table = recovery.recover(self.generator, targets, ids, settings=config.recovery, feature_net=self.feature_net,
+                                     encoder=self._encoder())
             results = _results_table(table, shard.split, where, rows, [content_hash(t.numpy()) for t in targets], z0,
                                      described)
             if "failure" in results.column_names and results.column("failure").null_count < results.num_rows:
@@ -205,7 +221,8 @@ class AuditActor:
             ids.append(req.image_id)
         stacked = torch.stack(targets) if targets else torch.empty((0, *self.shape))  # [N, C, H, W]
         settings = replace(config.recovery, keep_latent=True, keep_trace=False)
-        table = recovery.recover(self.generator, stacked, ids, settings=settings, feature_net=self.feature_net)
+        table = recovery.recover(self.generator, stacked, ids, settings=settings, feature_net=self.feature_net,
+                                 encoder=self._encoder())
         dim = int(np.prod(self.generator.latent.shape))
         values = table.column("latent").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         latents = torch.from_numpy(np.array(values, dtype=np.float32).reshape(-1, dim))  # [N, D]: the recovered z

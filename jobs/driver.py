@@ -233,6 +233,21 @@ class ActorPool:
         self.starting.clear()
 
 
+def prepare_encoder(pool: ActorPool, config: AuditConfig) -> None:
+    """recovery.start: encoder: one actor trains the learned start's encoder (or finds it cached beside the
+    outputs) before any shard runs, so that every shard, retry and resume uses the same one."""
+    if config.recovery.start != "encoder":
+        return
+    import ray
+
+    actor = pool.any_ready(config.job.actor_start_timeout)
+    if actor is None:
+        raise RuntimeError("no actor started, so the learned start's encoder could not be trained")
+    t = time.time()
+    url = ray.get(actor.prepare_encoder.remote())
+    log.info("learned start: encoder ready at %s (%.1fs)", url, time.time() - t)
+
+
 def run_shards(pool: ActorPool, shards: list[Shard], config: AuditConfig) -> tuple[list[ShardReport], dict[str, str]]:
     """Run shards on the pool's actors as they free up; returns (reports of done shards, {failed shard id: why})."""
     import ray
@@ -240,6 +255,7 @@ def run_shards(pool: ActorPool, shards: list[Shard], config: AuditConfig) -> tup
     if not shards:
         return [], {}
     pool.start()
+    prepare_encoder(pool, config)
     retries, every = config.job.shard_retries, config.job.progress_seconds
     queue: deque[tuple[Shard, int]] = deque((s, 0) for s in shards)
     running: dict = {}  # ref -> (actor, shard, attempt)
