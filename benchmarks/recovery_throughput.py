@@ -25,6 +25,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from recovery import LatentSpec, RecoverySettings, recover, sample_generated, wrap_generator
 from recovery.models import DCGAN
 
+from convergence import paper_reference  # noqa: E402 - run as a script from benchmarks/
+
 
 def make_generator(seed: int, device: torch.device):
     torch.manual_seed(seed)
@@ -37,25 +39,8 @@ def make_generator(seed: int, device: torch.device):
 
 
 def reference(g, targets: torch.Tensor, seed: int) -> np.ndarray:
-    """The paper's procedure, image by image."""
-    errors = []
-    gen = torch.Generator().manual_seed(seed)
-    for x in targets:
-        x = x[None].to(g.device)
-        z = torch.randn((1, 100, 1, 1), generator=gen).to(g.device).requires_grad_(True)
-        opt = torch.optim.LBFGS([z], max_iter=1)
-
-        def closure():
-            opt.zero_grad()
-            loss = (g(z) - x).square().mean()
-            loss.backward()
-            return loss
-
-        for _ in range(50):
-            opt.step(closure)
-        with torch.no_grad():
-            errors.append((g(z) - x).square().mean().item())
-    return np.array(errors)
+    """The paper's procedure, image by image (50 L-BFGS steps, one start)."""
+    return paper_reference(g, targets, steps=50, restarts=1, seed=seed)[0]
 
 
 def matmul_flops(device: torch.device, n: int = 2048, reps: int = 10) -> float:
