@@ -36,18 +36,6 @@ def numeric(results: pa.Table, name: str) -> np.ndarray | None:
     return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
 
 
-def strings(results: pa.Table, name: str) -> np.ndarray | None:
-    """A string column as an object array (None for nulls), or None when absent."""
-    if name not in results.column_names:
-        return None
-    column = results.column(name)
-    if pa.types.is_dictionary(column.type):
-        column = column.cast(column.type.value_type)
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type) or pa.types.is_null(column.type)):
-        raise StatsError(f"results: column {name!r} must hold strings, got {column.type}")
-    return np.array(column.to_pylist(), dtype=object)
-
-
 def success_values(results: pa.Table, error: np.ndarray) -> tuple[np.ndarray, str]:
     """The values tau_* apply to, and their column: ``mse`` when present and complete, else ``error``.
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from stats.curves import budget_curves
 from stats.html import escape, img, table
@@ -76,23 +77,23 @@ def memorized_section(reduction: Reduction, samples: pa.Table | None) -> str:
     rendered = _rendered(samples)
     parts = ['<section id="memorized"><h2>Most memorized training images</h2>']
     for a, b in reduction.settings.pairs:
-        mine = [r for r in ranking.to_pylist() if r["split"] == a and r["reference"] == b]
-        if not mine:
+        mine = ranking.filter(pc.and_(pc.equal(ranking.column("split"), a), pc.equal(ranking.column("reference"), b)))
+        if not mine.num_rows:
             continue
-        flagged = [r for r in mine if r["flagged"]]
+        n_flagged = int(pc.sum(mine.column("flagged")).as_py() or 0)  # flagged rows come first: sorted by p
+        listed = mine.slice(0, min(n_flagged, MAX_LISTED) if n_flagged else UNFLAGGED_SHOWN).to_pylist()
+        drawn = listed[: reduction.settings.top_images]
         smallest = summary.get(b, {}).get("min")
-        listed = flagged[:MAX_LISTED] if flagged else mine[:UNFLAGGED_SHOWN]
-        drawn = flagged[: reduction.settings.top_images] if flagged else mine[: min(UNFLAGGED_SHOWN, reduction.settings.top_images)]
-        head = (f"{len(flagged)} of {len(mine)} {a} images are flagged at q &le; {fdr:g} against {escape(b)}"
-                if flagged else f"No {escape(a)} image is flagged at q &le; {fdr:g} against {escape(b)}; the "
+        head = (f"{n_flagged} of {mine.num_rows} {escape(a)} images are flagged at q &le; {fdr:g} against {escape(b)}"
+                if n_flagged else f"No {escape(a)} image is flagged at q &le; {fdr:g} against {escape(b)}; the "
                 f"{len(listed)} best-ranked are shown")
         parts.append(f"<h3>{escape(a)} vs {escape(b)}</h3>\n<p>{head}. For scale: the smallest {escape(b)} error is "
                      f"{escape(number(smallest))}, the median {escape(number(summary.get(b, {}).get('mre')))}.</p>")
         parts.append(table(["rank", "image_id", "error", "p", "q", "p from", "flagged"],
                            [[r["rank"], r["image_id"], r["error"], number(r["p_value"], 2), number(r["q_value"], 2),
                              r["p_method"], "yes" if r["flagged"] else "no"] for r in listed], text_columns=(1, 5, 6)))
-        if len(flagged) > len(listed):
-            parts.append(f"<p>{len(flagged) - len(listed)} more flagged images are in ranking.parquet.</p>")
+        if n_flagged > len(listed):
+            parts.append(f"<p>{n_flagged - len(listed)} more flagged images are in ranking.parquet.</p>")
         shown = [(r, rendered.get((a, r["image_id"]))) for r in drawn]
         figures = [_memorized_html(r, item) for r, item in shown if item is not None]
         if figures:

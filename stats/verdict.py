@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from stats.settings import StatsSettings
 from stats.table import GENERATED
@@ -219,13 +220,12 @@ def _pair_numbers(row: dict, ranking: pa.Table | None, numbers: dict[str, Any]) 
 
 
 def _strongest(ranking: pa.Table | None, a: str, b: str) -> dict | None:
+    """The first ranking row of pair (a, b): rows are sorted by p-value within a pair."""
     if ranking is None or ranking.num_rows == 0:
         return None
-    for row in ranking.to_batches():
-        for r in row.to_pylist():
-            if r["split"] == a and r["reference"] == b:
-                return r  # sorted by p-value within a pair: the first is the strongest
-    return None
+    mine = pc.and_(pc.equal(ranking.column("split"), a), pc.equal(ranking.column("reference"), b))
+    first = pc.index(mine, True).as_py()
+    return None if first < 0 else ranking.slice(first, 1).to_pylist()[0]
 
 
 def _flag_summary(row: dict, ranking: pa.Table | None, settings: StatsSettings) -> str:
