@@ -6,7 +6,7 @@ source (the Ray job, the in-process API, a table written by hand) can be audited
 
     from stats import reduce, render_report
     reduction = reduce(results, rejects)            # results: image_id, split, error, ...
-    print(reduction.verdict.sentence)
+    print(reduction.verdict.sentence)               # .summary .tests .histograms .ranking too
     html = render_report(reduction, results=results)
 
     report_from_output("s3://bucket/audits/run/")  # what `memaudit report OUT` does

@@ -74,10 +74,14 @@ def format_summary(reduction: Any) -> str:
         if t.get("flagged") is not None:
             lines.append(
                 f"  {t['flagged']} of {t['n_a']} {t['split_a']} images flagged (q <= {reduction.settings.fdr:g}; "
-                f"p-values beyond {t['split_b']} from {t['tail_model']} tail); {t['low_count']} below the "
+                f"p-values beyond {t['split_b']} from {_tail(t['tail_model'])}); {t['low_count']} below the "
                 f"{ordinal(t['low_rank'])} smallest {t['split_b']} error (expected {number(t['low_expected'])}, "
                 f"p = {number(t['low_count_pvalue'], 2)})"
             )
     if reduction.verdict.confounds:
         lines += ["", *(f"warning: {w}" for w in reduction.verdict.confounds)]
     return "\n".join(lines)
+
+
+def _tail(model: str | None) -> str:
+    return "an exponential tail model" if model == "exponential" else "empirical ranks"

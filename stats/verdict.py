@@ -244,6 +244,9 @@ def _describe(test: RuleTest, rows: dict[tuple[str, str], dict], settings: Stats
     a, b = test.pair
     if test.rule == RULE_IMAGES:
         n = row["flagged"]
+        if not n:  # possible when fdr < alpha: the tail test fires, no single image passes q <= fdr
+            return (f"{a} images far below every {b} error are more than chance allows (Simes p = {_p(test.p_value)}), "
+                    f"though none passes q <= {settings.fdr:g}")
         return (f"{n} {'training image is' if n == 1 else 'training images are'} reproduced far better than any "
                 f"unseen image (q <= {settings.fdr:g}; {a} vs {b}, Simes p = {_p(test.p_value)})")
     if test.rule == RULE_COUNT:
