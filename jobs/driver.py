@@ -434,25 +434,21 @@ def pick_top(results: pa.Table, plan: Plan, ranking: pa.Table, *, top_images: in
     source_of = _source_indexes(plan)
     chosen: dict[str, list[SampleRequest]] = {}
     seen: set[tuple[str, str]] = set()
-    for (split, reference), group in _pairs_of(ranking).items():
-        flagged = [r for r in group if r["flagged"]]
-        top = flagged[:top_images] if flagged else group[: min(10, top_images)]
+    pairs = ranking.select(["split", "reference"]).group_by(["split", "reference"], use_threads=False).aggregate([])
+    for split, reference in zip(pairs.column("split").to_pylist(), pairs.column("reference").to_pylist()):
+        mine = ranking.filter(pc.and_(pc.equal(ranking.column("split"), split),
+                                      pc.equal(ranking.column("reference"), reference)))
+        flagged = int(pc.sum(mine.column("flagged")).as_py() or 0)  # first: the rows are sorted by p-value
+        top = mine.slice(0, min(flagged, top_images) if flagged else min(10, top_images)).to_pylist()
         part = results.filter(pc.equal(results.column("split"), split))
-        where = {image_id: i for i, image_id in enumerate(part.column("image_id").to_pylist())}
-        for row in top:
-            if (split, row["image_id"]) in seen or row["image_id"] not in where:
+        wanted = pa.array([r["image_id"] for r in top], pa.string())
+        where = pc.index_in(wanted, value_set=part.column("image_id").combine_chunks().cast(pa.string())).to_pylist()
+        for row, i in zip(top, where):
+            if (split, row["image_id"]) in seen or i is None:
                 continue
             seen.add((split, row["image_id"]))
-            chosen.setdefault(split, []).append(_request(part, where[row["image_id"]], split, f"top-{row['rank']}",
-                                                         source_of))
+            chosen.setdefault(split, []).append(_request(part, i, split, f"top-{row['rank']}", source_of))
     return chosen
-
-
-def _pairs_of(ranking: pa.Table) -> dict[tuple[str, str], list[dict]]:
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for row in ranking.select(["image_id", "split", "reference", "flagged", "rank"]).to_pylist():
-        groups.setdefault((row["split"], row["reference"]), []).append(row)
-    return {key: sorted(rows, key=lambda r: r["rank"]) for key, rows in groups.items()}
 
 
 def _source_indexes(plan: Plan) -> dict[tuple[str, str], int]:
