@@ -35,7 +35,8 @@ def _targets(g, parquet: Path, n: int, seed: int) -> tuple[list[str], torch.Tens
     return ids, torch.stack([to_target(b, shape=g.output_shape, output_range=g.spec.output_range) for b in table.column("image").to_pylist()])
 
 
-def audit_model(name: str, *, per_split: int, generated: int, settings: RecoverySettings, seed: int = 0) -> stats.Reduction:
+def audit_model(name: str, *, per_split: int, generated: int, settings: RecoverySettings, seed: int = 0,
+                stats_settings: stats.StatsSettings | None = None) -> stats.Reduction:
     """Recover a model's train, val and generated images and reduce them to the paper's statistics."""
     meta = json.loads((ASSETS / "models" / "models.json").read_text())[name]
     latent = LatentSpec(tuple(meta["latent"]["shape"]), meta["latent"]["prior"])
@@ -48,7 +49,7 @@ def audit_model(name: str, *, per_split: int, generated: int, settings: Recovery
     gen_ids = [f"generated-{i:05d}" for i in range(generated)]
     _, x = sample_generated(g, gen_ids, seed=seed, settings=settings)
     parts.append(recover(g, x, gen_ids, settings=settings).append_column("split", pa.array(["generated"] * generated)))
-    return stats.reduce(pa.concat_tables(parts))
+    return stats.reduce(pa.concat_tables(parts), settings=stats_settings or stats.StatsSettings())
 
 
 def row(reduction: stats.Reduction) -> dict:
