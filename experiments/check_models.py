@@ -70,7 +70,8 @@ def main() -> None:
         optimizer=args.optimizer, iterations=args.iterations, restarts=args.restarts, seed=args.seed
     )
     catalog = json.loads((MODELS / "models.json").read_text())
-    names = [f"{n}.pt" for n in args.only] if args.only else sorted(catalog)
+    digits = sorted(n for n, entry in catalog.items() if "/" not in entry["train_set"])  # the natural models have their own data
+    names = [f"{n}.pt" for n in args.only] if args.only else digits
     val, val_ids = load_targets(DATA / "val.parquet", args.n)
     print(
         f"{'model':10s} {'train N':>7s} {'MSE train':>10s} {'MSE val':>10s} {'MSE gen':>10s}"

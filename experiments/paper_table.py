@@ -71,11 +71,12 @@ def main() -> None:
     ap.add_argument("--generated", type=int, default=128)
     ap.add_argument("--restarts", type=int, default=1)
     ap.add_argument("--iterations", type=int, default=50)
-    ap.add_argument("--models", default="", help="comma-separated model files (default: all in models.json)")
+    ap.add_argument("--models", default="", help="comma-separated model files (default: the digits models in models.json)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     models = json.loads((ASSETS / "models" / "models.json").read_text())
-    names = args.models.split(",") if args.models else sorted(models, key=lambda m: (models[m]["kind"] != "gan", models[m]["train_size"]))
+    digits = [m for m in models if "/" not in models[m]["train_set"]]  # the natural-image models have their own data
+    names = args.models.split(",") if args.models else sorted(digits, key=lambda m: (models[m]["kind"] != "gan", models[m]["train_size"]))
     settings = RecoverySettings(restarts=args.restarts, iterations=args.iterations)
     print(f"{'model':<14}{'train set':>10}{'KS p':>11}{'MRE-gap':>9}{'MRE train':>11}{'MRE val':>10}{'MRE gen':>10}  verdict")
     for name in names:
