@@ -119,9 +119,11 @@ def recover(
         raise RecoveryError(f"{len(targets)} targets but {len(ids)} image ids")
     if len(set(ids)) != len(ids):
         raise RecoveryError("image ids must be unique: each seeds its own restarts")
-    if (encoder is not None) != (settings.start == "encoder"):
-        raise RecoveryError("recovery.start: 'encoder' needs an encoder (recovery.train_encoder), and only it takes one"
-                            f" (start is {settings.start!r}, encoder {'given' if encoder is not None else 'missing'})")
+    if settings.start == "encoder" and encoder is None:
+        raise RecoveryError("recovery.start: 'encoder' needs an encoder; pass encoder=recovery.train_encoder(generator, ...)")
+    if settings.start != "encoder" and encoder is not None:
+        raise RecoveryError(f"recovery.start: is {settings.start!r}, so the encoder passed would be ignored; "
+                            "set start='encoder' to use it")
     n = len(ids)
     latent, plan = generator.latent, settings.plan()
     check_geometry(latent, plan.geometry)
