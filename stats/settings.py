@@ -70,6 +70,22 @@ class StatsSettings:
         curve_sample: at most this many traces per split (a seeded subsample) make the
             convergence curves in the report; the curves are medians and quartiles, which
             a few thousand traces estimate well, and 10 million would not fit in memory.
+        near_copy_ratio: the neighbours detector counts a generated image as a near-copy
+            when its nearest training image is much nearer than the second, d1/d2 below this
+            (issue 12); descriptive, it does not decide whether the detector fires.
+        mifid_eps: MiFID's memorization threshold (Bai et al. 2021): the detector fires when
+            the mean over generated images of the smallest 1 - |cos| to a training image is
+            below it. The paper's 0.1, meant for Inception features.
+        ct_cells: k-means cells of the C_T test (Meehan et al. 2020), fitted on training
+            features (scipy.cluster.vq.kmeans2, seeded by ``seed``).
+        ct_min_generated: a C_T cell enters the statistic only with at least this many
+            generated images (the paper's tau = 20/m).
+        ct_max_train: C_T fits its cells and measures in-cell distances on at most this
+            many training images (a seeded subsample), to bound the driver's memory.
+        birthday_size: generated images per batch of the birthday test (Arora and Zhang
+            2017); a batch with a near-duplicate pair suggests a support of about s^2.
+        birthday_threshold: a pair closer than this is a near-duplicate; None takes the
+            smallest within-batch pair distance of real images in batches of the same size.
     """
 
     alpha: float = 0.01
@@ -87,6 +103,13 @@ class StatsSettings:
     seed: int = 0
     bins: int = 50
     curve_sample: int = 5000
+    near_copy_ratio: float = 0.5
+    mifid_eps: float = 0.1
+    ct_cells: int = 5
+    ct_min_generated: int = 20
+    ct_max_train: int = 20000
+    birthday_size: int = 100
+    birthday_threshold: float | None = None
 
     def __post_init__(self) -> None:
         _check_number("alpha", self.alpha, low=0.0, high=1.0, open_low=True, open_high=True)
@@ -104,6 +127,14 @@ class StatsSettings:
         _check_int("seed", self.seed, low=0)
         _check_int("bins", self.bins, low=1)
         _check_int("curve_sample", self.curve_sample, low=1)
+        _check_number("near_copy_ratio", self.near_copy_ratio, low=0.0, high=1.0)
+        _check_number("mifid_eps", self.mifid_eps, low=0.0, high=1.0)
+        _check_int("ct_cells", self.ct_cells, low=1)
+        _check_int("ct_min_generated", self.ct_min_generated, low=1)
+        _check_int("ct_max_train", self.ct_max_train, low=2)
+        _check_int("birthday_size", self.birthday_size, low=2)
+        if self.birthday_threshold is not None:
+            _check_number("birthday_threshold", self.birthday_threshold, low=0.0, high=math.inf)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, where: str = "stats") -> StatsSettings:

@@ -1,0 +1,178 @@
+"""Companion detectors (issue 12): exact kNN, feature spaces, and each statistic against a reference value,
+a planted-copy case that must fire and an exchangeable case that must not."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from recovery import RecoveryError
+from recovery.features import FeatureExtractor, FeatureSpec, load_feature_extractor_net
+from recovery.neighbours import knn
+from stats import StatsSettings
+from stats.companions import evaluate
+from stats.copying import ct_test
+from stats.detectors import below_min_pvalue, birthday_test, mifid_distances, mifid_test
+from stats.nearest import merge_neighbours
+
+
+def _brute(q: np.ndarray, t: np.ndarray, metric: str) -> np.ndarray:
+    q, t = q.astype(np.float64), t.astype(np.float64)
+    if metric == "l2":
+        return np.sqrt(((q[:, None] - t[None]) ** 2).sum(-1))
+    if metric == "l1":
+        return np.abs(q[:, None] - t[None]).sum(-1)
+    qn, tn = q / np.linalg.norm(q, axis=1, keepdims=True), t / np.linalg.norm(t, axis=1, keepdims=True)
+    return 1 - qn @ tn.T
+
+
+@pytest.mark.parametrize("metric", ["l2", "l1", "cosine"])
+def test_knn_equals_brute_force_numpy_whatever_the_blocks(metric):
+    g = torch.Generator().manual_seed(0)
+    q, t = torch.randn(37, 16, generator=g), torch.randn(101, 16, generator=g)
+    q[3] = t[50]  # an exact copy: distance 0, not the ~1e-3 the matmul form of L2 leaves
+    want = _brute(q.numpy(), t.numpy(), metric)
+    order = np.argsort(want, axis=1, kind="stable")[:, :5]
+    for qb, tb in ((10, 7), (4096, 16384)):
+        found = knn(q, t, k=5, metric=metric, query_block=qb, train_block=tb)
+        assert (found.indices.numpy() == order).all()
+        np.testing.assert_allclose(found.distances.numpy(), np.take_along_axis(want, order, 1), atol=1e-5)
+    assert found.distances[3, 0].item() == pytest.approx(0.0, abs=1e-6) and found.indices[3, 0].item() == 50
+    np.testing.assert_allclose(found.mifid_distance.numpy(), mifid_distances(t.numpy(), q.numpy()), atol=1e-5)
+
+
+def test_knn_with_fewer_train_rows_than_k_pads_and_checks_its_inputs():
+    found = knn(torch.zeros(2, 3), torch.ones(2, 3), k=4)
+    assert found.indices[0].tolist() == [0, 1, -1, -1] and math.isinf(found.distances[0, 3].item())
+    with pytest.raises(RecoveryError, match="neighbours.metric"):
+        knn(torch.zeros(2, 3), torch.ones(2, 3), metric="hamming")
+
+
+def test_feature_spaces_pixel_crop_and_a_user_network(tmp_path):
+    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8) / 384 - 1  # [2, 3, 8, 8]
+    flat = FeatureExtractor(FeatureSpec(), device="cpu")(images)
+    assert flat.shape == (2, 192) and torch.equal(flat[1], images[1].flatten())
+    crop = FeatureExtractor(FeatureSpec(crop=4), device="cpu")(images)
+    assert crop.shape == (2, 48) and torch.equal(crop[0], images[0, :, 2:6, 2:6].flatten())
+    net = torch.jit.script(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 5)))
+    torch.jit.save(net, str(tmp_path / "f.pt"))
+    spec = FeatureSpec(space="net", net=str(tmp_path / "f.pt"), batch_size=1)
+    out = FeatureExtractor(spec, net=load_feature_extractor_net(spec.net, device="cpu"), device="cpu")(images)
+    assert out.shape == (2, 5) and spec.name == "net"
+    with pytest.raises(RecoveryError, match="features.crop: 9 is larger"):
+        FeatureExtractor(FeatureSpec(crop=9), device="cpu")(images)
+    with pytest.raises(RecoveryError, match="features.net"):
+        FeatureSpec(space="net")
+
+
+def test_merging_partial_top_k_of_train_blocks_equals_one_knn():
+    rng = np.random.default_rng(0)
+    q, t = rng.normal(size=(20, 8)).astype(np.float32), rng.normal(size=(30, 8)).astype(np.float32)
+    ids = [f"t{i:02d}" for i in range(30)]
+    parts = []
+    for lo, hi in ((20, 30), (0, 10), (10, 20)):  # any order of the blocks
+        found = knn(torch.from_numpy(q), torch.from_numpy(t[lo:hi]), k=3)
+        parts.append(_part(found, [f"q{i:02d}" for i in range(20)], "generated", ids[lo:hi]))
+    merged, mifid = merge_neighbours(pa.concat_tables(parts), k=3, space="pixel")
+    whole = knn(torch.from_numpy(q), torch.from_numpy(t), k=3)
+    assert merged.column("train_id").to_pylist() == [ids[i] for i in whole.indices.numpy().ravel()]
+    assert merged.column("rank").to_pylist() == [1, 2, 3] * 20
+    np.testing.assert_allclose(mifid.sort_by("query_id").column("mifid_distance").to_numpy(),
+                               whole.mifid_distance.numpy()[np.argsort([f"q{i:02d}" for i in range(20)])], atol=1e-6)
+
+
+def _part(found, query_ids, split, train_ids):
+    k = found.indices.shape[1]
+    return pa.table({"query_id": np.repeat(query_ids, k), "query_split": [split] * (len(query_ids) * k),
+                     "train_id": [train_ids[i] if i >= 0 else None for i in found.indices.numpy().ravel()],
+                     "distance": found.distances.numpy().ravel().astype(np.float64),
+                     "mifid_distance": np.repeat(found.mifid_distance.numpy(), k).astype(np.float64)})
+
+
+def _moons(n, rng, noise=0.2):
+    a = np.linspace(0, np.pi, n // 2)
+    b = np.linspace(0, np.pi, n - n // 2)
+    x = np.concatenate([np.c_[np.cos(a), np.sin(a)], np.c_[1 - np.cos(b), 0.5 - np.sin(b)]])
+    return x + rng.normal(0, noise, x.shape)
+
+
+def test_ct_in_meehans_two_moons_setting():
+    """Their figures: a KDE 'generator' with bandwidth 1e-3 copies (C_T about -17), with 10 it does not (+16)."""
+    rng = np.random.default_rng(0)
+    train, held_out = _moons(2000, rng), _moons(1000, rng)
+    kde = lambda sigma: train[rng.integers(0, 2000, 1000)] + rng.normal(0, sigma, (1000, 2))  # noqa: E731
+    copying, cells = ct_test(train, held_out, kde(1e-3), StatsSettings())
+    assert copying.fired and copying.statistic < -12 and copying.count == 5
+    assert cells.num_rows == 5 and abs(sum(cells.column("val_mass").to_pylist()) - 1) < 1e-9
+    assert all(z < 0 for z in cells.column("z_u").to_pylist())
+    wide, _ = ct_test(train, held_out, kde(10.0), StatsSettings())
+    assert not wide.fired and wide.statistic > 12
+
+
+def test_mifid_distance_against_a_hand_computed_toy():
+    train = np.array([[1.0, 0.0], [0.0, 1.0]])
+    generated = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, -2.0]])  # 0, 1 - 1/sqrt(2), 0 (|cos| ignores the sign)
+    d = mifid_distances(train, generated)
+    np.testing.assert_allclose(d, [0.0, 1 - 2 ** -0.5, 0.0], atol=1e-12)
+    row = mifid_test(d, StatsSettings(), reference=np.linspace(0.3, 0.6, 30))
+    assert row.statistic == pytest.approx((1 - 2 ** -0.5) / 3) and row.threshold == 0.1  # 0.0976 < eps
+    assert row.fired and "Bai et al.'s rule fires" in row.reason and row.count == 2
+    # The paper's rule holds, but held-out images are as close: not a copy signal, so the row does not fire.
+    same = mifid_test(d, StatsSettings(), reference=np.array([0.0, 0.0, 0.29, 0.0, 0.29, 0.0] * 5))
+    assert not same.fired and "Bai et al.'s rule fires" in same.reason
+    assert not mifid_test(np.full(5, 0.2), StatsSettings(), reference=np.full(5, 0.9)).fired  # d >= eps
+
+
+def test_birthday_on_a_generator_with_a_known_small_support():
+    rng = np.random.default_rng(0)
+    support = rng.normal(size=(200, 16))
+    generated = support[rng.integers(0, 200, 2000)]  # 100 batches of 20: P(collision) = 1 - prod(1 - i/200) = 0.62
+    real = rng.normal(size=(400, 16))
+    row, pairs = birthday_test([f"g{i}" for i in range(2000)], generated, real, StatsSettings(birthday_size=20))
+    assert row.fired and 0.5 < row.statistic < 0.75
+    implied = float(row.reason.split("implied support about ")[1].split(" ")[0])
+    assert 120 < implied < 330  # the true support is 200
+    assert pairs.num_rows == 100 and pairs.column("distance")[0].as_py() == 0.0
+    fresh, _ = birthday_test([f"g{i}" for i in range(400)], rng.normal(size=(400, 16)), real,
+                             StatsSettings(birthday_size=20))
+    assert not fresh.fired
+
+
+def test_exact_count_pvalue():
+    assert below_min_pvalue(0, 5, 5) == 1.0
+    assert below_min_pvalue(1, 10, 30) == pytest.approx(10 / 40)
+    assert below_min_pvalue(2, 10, 30) == pytest.approx(10 / 40 * 9 / 39)
+
+
+def _blobs(n, rng, dim=32):
+    centres = np.random.default_rng(99).normal(0, 3, (8, dim))
+    return (centres[rng.integers(0, 8, n)] + rng.normal(0, 1, (n, dim))).astype(np.float32)
+
+
+def _evaluate(train, val, generated):
+    features = {"train": ([f"t{i}" for i in range(len(train))], train),
+                "val": ([f"v{i}" for i in range(len(val))], val),
+                "generated": ([f"g{i}" for i in range(len(generated))], generated)}
+    found = knn(torch.from_numpy(np.concatenate([val, generated])), torch.from_numpy(train), k=3)
+    part = _part(found, features["val"][0] + features["generated"][0], "val", features["train"][0])
+    part = part.set_column(1, "query_split", pa.array(["val"] * len(val) * 3 + ["generated"] * len(generated) * 3))
+    neighbours, mifid = merge_neighbours(part, k=3, space="pixel")
+    settings = StatsSettings(birthday_size=20, ct_min_generated=10)
+    return evaluate(["recovery", "neighbours", "mifid", "ct", "birthday"], neighbours=neighbours, mifid=mifid,
+                    features=features, settings=settings)
+
+
+def test_a_generated_split_of_train_copies_is_flagged_by_every_detector_and_an_independent_one_by_none():
+    rng = np.random.default_rng(1)
+    train, val = _blobs(300, rng), _blobs(150, rng)
+    copies = _evaluate(train, val, train[rng.integers(0, 300, 200)].copy())
+    assert copies.table.column("detector").to_pylist() == ["neighbours", "mifid", "ct", "birthday"]
+    assert copies.table.column("fired").to_pylist() == [True] * 4
+    assert copies.table.column("count")[0].as_py() == 200  # every copy is nearer than any val image
+    fresh = _evaluate(train, val, _blobs(200, rng))
+    assert fresh.table.column("fired").to_pylist() == [False] * 4
+    assert "Bai et al.'s rule fires" in fresh.table.column("reason")[1].as_py()  # the paper's rule alone would
