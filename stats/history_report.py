@@ -1,0 +1,153 @@
+"""What `memaudit history URL` shows: a terminal table and an HTML page of trends (issue 14).
+
+Trends run against the checkpoint when every run of a model has a numeric `checkpoint`
+tag (run.tags.checkpoint: the question "when in training does memorization start"), else
+against the run's date. Per model, three figures: MRE per split, the MRE-gap with its
+confidence interval and the gap threshold, and the number of flagged training images.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from matplotlib.figure import Figure
+
+from stats.html import escape, img, table
+from stats.plots import _png, split_colors
+from stats.text import number
+
+COLUMNS = ("date", "checkpoint", "verdict", "n train/val", "MRE train", "MRE val", "MRE-gap [CI]", "KS p", "flagged",
+           "data", "run")
+PAGE_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
+h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child, td.text { text-align: left; }
+"""
+
+
+def history_lines(history: pa.Table) -> list[list[str]]:
+    """One list of cells (COLUMNS) per run, as strings."""
+    lines = []
+    for row in history.to_pylist():
+        splits = {s["split"]: s for s in row["splits"] or []}
+        train, val = splits.get("train", {}), splits.get("val", {})
+        ci = f" [{number(row['gap_ci_low'])}, {number(row['gap_ci_high'])}]" if row["gap_ci_low"] is not None else ""
+        lines.append([
+            _day(row["date"]), row["checkpoint"] or "-", row["verdict"] or "-",
+            f"{number(train.get('n'))}/{number(val.get('n'))}", number(train.get("mre")), number(val.get("mre")),
+            number(row["mre_gap"]) + ci, number(row["ks_pvalue"]), number(row["flagged"]),
+            (row["data_snapshot"] or "-")[:8], row["run_id"],
+        ])
+    return lines
+
+
+def format_history(history: pa.Table) -> str:
+    """Per model, an aligned text table of its runs, oldest first."""
+    blocks = []
+    for model, runs in by_model(history):
+        rows = [list(COLUMNS), *history_lines(runs)]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+        text = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+        blocks.append(f"model {model}: {runs.num_rows} run{'s' if runs.num_rows != 1 else ''}\n" + "\n".join(text))
+    return "\n\n".join(blocks)
+
+
+def render_history(history: pa.Table, *, title: str = "memaudit history", gap_threshold: float = 0.10) -> str:
+    """A self-contained HTML page: per model, the trend figures and the table of runs."""
+    sections = []
+    for model, runs in by_model(history):
+        x, label = trend_axis(runs)
+        figures = "".join(img(png, alt) for png, alt in (
+            (mre_png(runs, x, label), "MRE per split"),
+            (gap_png(runs, x, label, gap_threshold), "MRE-gap with its confidence interval"),
+            (flagged_png(runs, x, label), "flagged training images"),
+        ))
+        sections.append(f"<h2>model {escape(model)}</h2>\n<div>{figures}</div>\n"
+                        f"{table(COLUMNS, history_lines(runs), text_columns=(1, 2, 9, 10))}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+            f"<style>{PAGE_STYLE}</style></head><body><h1>{escape(title)}</h1>\n{''.join(sections)}</body></html>")
+
+
+def by_model(history: pa.Table) -> list[tuple[str, pa.Table]]:
+    models = sorted(set(history.column("model").to_pylist()))
+    return [(m, history.filter(pc.equal(history.column("model"), m))) for m in models]
+
+
+def trend_axis(runs: pa.Table) -> tuple[list[Any], str]:
+    """The x values of a model's runs: numeric checkpoints when all have one, else dates."""
+    checkpoints = runs.column("checkpoint").to_pylist()
+    try:
+        values = [float(c) for c in checkpoints]
+    except (TypeError, ValueError):
+        return runs.column("date").to_pylist(), "date"
+    return values, "checkpoint"
+
+
+def mre_png(runs: pa.Table, x: Sequence[Any], label: str) -> bytes:
+    """MRE of each split against x, log y."""
+    figure, axes = _axes(f"MRE per split against {label}", label, "median recovery error")
+    per_split: dict[str, list[tuple[Any, float]]] = {}
+    for xi, splits in zip(x, runs.column("splits").to_pylist()):
+        for s in splits or []:
+            if s["mre"] is not None:
+                per_split.setdefault(s["split"], []).append((xi, s["mre"]))
+    colors = split_colors(list(per_split))
+    for split, points in per_split.items():
+        points.sort(key=lambda p: p[0])
+        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=split, color=colors[split])
+    if any(v > 0 for points in per_split.values() for _, v in points):
+        axes.set_yscale("log")
+    axes.legend(frameon=False)
+    return _png(figure)
+
+
+def gap_png(runs: pa.Table, x: Sequence[Any], label: str, threshold: float) -> bytes:
+    """MRE-gap against x with its CI as error bars, and the threshold the verdict's gap rule uses."""
+    figure, axes = _axes(f"MRE-gap against {label}", label, "MRE-gap (val - train) / val")
+    gap = _floats(runs, "mre_gap")
+    low, high = _floats(runs, "gap_ci_low"), _floats(runs, "gap_ci_high")
+    order = np.argsort(np.arange(len(x)) if label == "date" else np.asarray(x, dtype=float), kind="stable")
+    xs = [x[i] for i in order]
+    g, lo, hi = gap[order], low[order], high[order]
+    errors = np.vstack([np.where(np.isnan(lo), 0, g - lo), np.where(np.isnan(hi), 0, hi - g)])
+    axes.errorbar(xs, g, yerr=np.nan_to_num(errors), marker="o", capsize=3, color="#1f77b4", label="gap, CI")
+    axes.axhline(threshold, color="#d62728", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
+    axes.axhline(0, color="#888", linewidth=0.8)
+    axes.legend(frameon=False)
+    return _png(figure)
+
+
+def flagged_png(runs: pa.Table, x: Sequence[Any], label: str) -> bytes:
+    """Training images flagged as memorized (q <= fdr) against x."""
+    figure, axes = _axes(f"Flagged training images against {label}", label, "images flagged")
+    flagged = _floats(runs, "flagged")
+    order = np.argsort(np.arange(len(x)) if label == "date" else np.asarray(x, dtype=float), kind="stable")
+    axes.plot([x[i] for i in order], flagged[order], marker="o", color="#9467bd")
+    axes.set_ylim(bottom=0)
+    return _png(figure)
+
+
+def _axes(title: str, xlabel: str, ylabel: str):
+    figure = Figure(figsize=(5.5, 3.4))
+    axes = figure.add_subplot()
+    axes.set_title(title, fontsize=10)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    if xlabel == "date":
+        figure.autofmt_xdate()
+    return figure, axes
+
+
+def _floats(runs: pa.Table, column: str) -> np.ndarray:
+    return np.array([np.nan if v is None else float(v) for v in runs.column(column).to_pylist()])
+
+
+def _day(when: dt.datetime | None) -> str:
+    return "-" if when is None else when.strftime("%Y-%m-%d %H:%M")
