@@ -36,6 +36,7 @@ class Reduction:
     verdict: Verdict
     settings: StatsSettings = field(default_factory=StatsSettings)
     ranking: pa.Table = field(default_factory=RANKING_SCHEMA.empty_table)
+    detectors: pa.Table | None = None  # detectors.parquet when companion detectors ran (issue 12)
 
 
 def reduce(
@@ -43,6 +44,7 @@ def reduce(
     rejects: pa.Table | None = None,
     *,
     settings: StatsSettings = StatsSettings(),
+    detectors: pa.Table | None = None,
 ) -> Reduction:
     """Summarize, compare and judge per-image recovery results.
 
@@ -53,6 +55,8 @@ def reduce(
             named "generated" is the generator's own images.
         rejects: one row per input that could not be audited; needs ``split``.
         settings: thresholds and options, see StatsSettings.
+        detectors: the companion detectors' rows (detectors.parquet, stats.companions); their outcomes
+            join the verdict's reasons.
 
     Returns:
         A Reduction. Its tables carry the settings and the verdict as JSON in the schema
@@ -75,7 +79,7 @@ def reduce(
     tests = compare(groups.errors, splits, settings, partial)
     histograms = histogram_table(groups.errors, settings.bins)
     warnings = tuple(confounds(results, groups.rows, settings.pairs))
-    verdict = decide(summary, tests, settings, ranking=ranking, confounds=warnings)
+    verdict = decide(summary, tests, settings, ranking=ranking, confounds=warnings, detectors=detectors)
 
     meta = {b"memaudit.stats": json.dumps({"settings": settings.as_dict(), "verdict": verdict_dict(verdict)}).encode()}
     return Reduction(
@@ -85,6 +89,7 @@ def reduce(
         verdict=verdict,
         settings=settings,
         ranking=ranking.replace_schema_metadata(meta),
+        detectors=detectors,
     )
 
 

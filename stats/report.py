@@ -25,6 +25,7 @@ from stats.curves import convergence_curves
 from stats.plots import convergence_png, ecdf_png, histogram_png, split_colors
 from stats.checks import check_output
 from stats.reduction import Reduction, reduce
+from stats.report_detectors import CompanionFiles, detectors_section, read_companions
 from stats.report_sections import confounds_box, memorized_section, rules_section, search_section
 from stats.samples import SampleImages, check_samples, prepare
 from stats.settings import StatsSettings, field_names
@@ -62,6 +63,7 @@ def render_report(
     rejects: pa.Table | None = None,
     samples: pa.Table | None = None,
     run_info: dict[str, Any] | None = None,
+    companions: CompanionFiles | None = None,
 ) -> str:
     """The report as one self-contained HTML document.
 
@@ -73,6 +75,7 @@ def render_report(
         samples: recoveries (samples.parquet), drawn as target, recovery and |difference|:
             best/median/worst per split, and top-<n> for the most memorized images.
         run_info: run.json's content, shown under provenance.
+        companions: the companion detectors' tables (issue 12), drawn after the recoveries.
     """
     # The ids were checked by reduce(); the report needs the grouped errors only.
     groups = group_results(results, check_ids=False)
@@ -87,6 +90,7 @@ def render_report(
         _convergence_section(results, groups.rows, colors, settings),
         search_section(reduction, results, groups.rows, colors),
         _samples_section(samples),
+        detectors_section(companions),
         _rejects_section(rejects),
         _provenance_section(settings, run_info),
     ]
@@ -119,8 +123,10 @@ def report_from_output(
     if settings is None:
         settings = settings_from_run_info(run_info)
     check_output(results, rejects, run_info, settings.pairs)
-    reduction = reduce(results, rejects, settings=settings)
-    html_text = render_report(reduction, results=results, rejects=rejects, samples=samples, run_info=run_info)
+    companions = read_companions(out_url, storage_options=storage_options)
+    reduction = reduce(results, rejects, settings=settings, detectors=companions.detectors)
+    html_text = render_report(reduction, results=results, rejects=rejects, samples=samples, run_info=run_info,
+                              companions=companions)
     stats_io.write_outputs(out_url, reduction, html_text, storage_options=storage_options)
     return reduction
 

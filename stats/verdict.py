@@ -101,8 +101,49 @@ def decide(
     *,
     ranking: pa.Table | None = None,
     confounds: tuple[str, ...] = (),
+    detectors: pa.Table | None = None,
 ) -> Verdict:
-    """Apply the rules to the tables of one reduction (summary, tests, ranking) and the confound warnings."""
+    """Apply the rules to the tables of one reduction (summary, tests, ranking) and the confound warnings.
+
+    detectors: detectors.parquet (issue 12). The companion detectors do not change the label, which stays
+    the calibrated recovery test's; their outcomes join the reasons and the sentence says which agree."""
+    verdict = _decide(summary, tests, settings, ranking=ranking, confounds=confounds)
+    if detectors is None or detectors.num_rows == 0:
+        return verdict
+    return _with_detectors(verdict, detectors)
+
+
+def _with_detectors(verdict: Verdict, detectors: pa.Table) -> Verdict:
+    """The verdict with one reason per companion detector and a sentence on which of them agree."""
+    rows = detectors.to_pylist()
+    ran = [r for r in rows if not str(r["reason"]).startswith("not run")]
+    fired = [r["detector"] for r in ran if r["fired"]]
+    quiet = [r["detector"] for r in ran if not r["fired"]]
+    if verdict.label == MEMORIZATION:
+        agree, disagree = fired, quiet
+    elif verdict.label == NO_EVIDENCE:
+        agree, disagree = quiet, fired
+    else:
+        agree, disagree = [], []
+    if verdict.label == INCONCLUSIVE:
+        tail = f"Companion detectors that fired: {', '.join(fired) or 'none'}." if ran else ""
+    else:
+        tail = (f"Companion detectors that agree: {', '.join(agree) or 'none'}"
+                + (f"; that disagree: {', '.join(disagree)}." if disagree else "."))
+    reasons = [f"detector {r['detector']!r} {'fired' if r['fired'] else 'did not fire'}: {r['reason']}" for r in rows]
+    numbers = {**verdict.numbers, "detectors_fired": ",".join(fired)}
+    return Verdict(verdict.label, f"{verdict.sentence} {tail}".rstrip(), verdict.rules_fired, numbers,
+                   verdict.reasons + tuple(reasons), verdict.tests, verdict.confounds)
+
+
+def _decide(
+    summary: pa.Table,
+    tests: pa.Table,
+    settings: StatsSettings,
+    *,
+    ranking: pa.Table | None,
+    confounds: tuple[str, ...],
+) -> Verdict:
     splits = {row["split"]: row for row in summary.to_pylist()}
     rows = {(r["split_a"], r["split_b"]): r for r in tests.to_pylist()}
     for (_, b), row in rows.items():

@@ -176,3 +176,30 @@ def test_a_generated_split_of_train_copies_is_flagged_by_every_detector_and_an_i
     fresh = _evaluate(train, val, _blobs(200, rng))
     assert fresh.table.column("fired").to_pylist() == [False] * 4
     assert "Bai et al.'s rule fires" in fresh.table.column("reason")[1].as_py()  # the paper's rule alone would
+
+
+def test_detectors_join_the_verdicts_reasons_and_the_report(tmp_path):
+    from _tables import table_of
+
+    from stats import reduce, render_report
+    from stats.report_detectors import PAIRS_SCHEMA, CompanionFiles
+
+    rng = np.random.default_rng(2)
+    train, val = _blobs(300, rng), _blobs(150, rng)
+    found = _evaluate(train, val, train[rng.integers(0, 300, 200)].copy())
+    results = table_of(train=rng.uniform(0.1, 1, 40), val=rng.uniform(0.1, 1, 40), generated=np.full(20, 1e-5))
+    plain = reduce(results)
+    reduction = reduce(results, detectors=found.table)
+    assert reduction.verdict.label == plain.verdict.label == "no evidence"  # the label stays the recovery test's
+    assert reduction.verdict.sentence.startswith(plain.verdict.sentence)
+    assert "that disagree: neighbours, mifid, ct, birthday" in reduction.verdict.sentence
+    assert any(r.startswith("detector 'ct' fired: C_T = ") for r in reduction.verdict.reasons)
+    pixel = b"\x89PNG\r\n\x1a\n"  # drawn as given; the job renders real PNGs
+    pairs = pa.Table.from_pylist([{"kind": "neighbours", "query_id": "g<1>", "query_split": "generated",
+                                   "other_id": "t1", "other_split": "train", "distance": 0.0, "query_png": pixel,
+                                   "other_png": pixel}], schema=PAIRS_SCHEMA)
+    html = render_report(reduction, results=results,
+                         companions=CompanionFiles(found.table, found.cells, found.birthday, pairs))
+    assert '<section id="detectors">' in html and "C_T per cell" in html and "Birthday test: closest pairs" in html
+    assert "g&lt;1&gt;" in html and "g<1>" not in html  # ids are escaped
+    assert '<section id="detectors">' not in render_report(plain, results=results)
