@@ -4,7 +4,8 @@
 
 main() takes the arguments after the word `report`. It prints the verdict, a compact
 summary and the report's URL; a StatsError becomes one line `error: ...` on stderr and
-exit code 2.
+exit code 2. With --fail-on, the verdict sets the exit code as for `memaudit audit`
+(stats.exit_codes: 3 memorization, 4 inconclusive), so CI can gate on an existing output.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from stats.errors import StatsError
+from stats.exit_codes import FAIL_ON, verdict_exit_code
 from stats.report import report_from_output
 from stats.text import format_summary
 
@@ -30,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--storage-endpoint",
         metavar="URL",
         help="endpoint of an S3-compatible store (credentials come from the standard AWS chain)",
+    )
+    parser.add_argument(
+        "--fail-on",
+        choices=FAIL_ON,
+        help="exit 3 on memorization (and, with 'inconclusive', 4 on an inconclusive verdict); default: exit 0",
     )
     return parser
 
@@ -51,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(format_summary(reduction))
     print(f"\nreport: {args.out.rstrip('/')}/report.html")
-    return 0
+    return verdict_exit_code(reduction.verdict.label, args.fail_on)
 
 
 if __name__ == "__main__":
