@@ -1,14 +1,15 @@
 """What `memaudit history URL` shows: a terminal table and an HTML page of trends (issue 14).
 
-Trends run against the checkpoint when every run of a model has a numeric `checkpoint`
-tag (run.tags.checkpoint: the question "when in training does memorization start"), else
-against the run's date. Per model, three figures: MRE per split, the MRE-gap with its
+Trends run against the checkpoint when every run of a model has a `checkpoint` tag with
+a number in it (run.tags.checkpoint, its last number: "snapshot-025000" is step 25000; the
+question "when in training does memorization start"), else against the run's date. Per model, three figures: MRE per split, the MRE-gap with its
 confidence interval and the gap threshold, and the number of flagged training images.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,14 +81,18 @@ def by_model(history: pa.Table) -> list[tuple[str, pa.Table]]:
     return [(m, history.filter(pc.equal(history.column("model"), m))) for m in models]
 
 
+def checkpoint_step(name: str | None) -> float | None:
+    """The training step a checkpoint name carries: its last number ("network-snapshot-025000" -> 25000.0)."""
+    numbers = re.findall(r"\d+(?:\.\d+)?", name or "")
+    return float(numbers[-1]) if numbers else None
+
+
 def trend_axis(runs: pa.Table) -> tuple[list[Any], str]:
-    """The x values of a model's runs: numeric checkpoints when all have one, else dates."""
-    checkpoints = runs.column("checkpoint").to_pylist()
-    try:
-        values = [float(c) for c in checkpoints]
-    except (TypeError, ValueError):
-        return runs.column("date").to_pylist(), "date"
-    return values, "checkpoint"
+    """The x values of a model's runs: the checkpoints' steps when every run has one, else the dates."""
+    steps = [checkpoint_step(c) for c in runs.column("checkpoint").to_pylist()]
+    if all(s is not None for s in steps):
+        return steps, "checkpoint"
+    return runs.column("date").to_pylist(), "date"
 
 
 def mre_png(runs: pa.Table, x: Sequence[Any], label: str) -> bytes:
