@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
         print("interrupted: finished shards are kept; run the same command again to resume", file=sys.stderr, flush=True)
         return 130
     except Exception as exc:
-        from .driver import JobError
+        from .errors import JobError
         from .storage import StorageError
 
         if isinstance(exc, (JobError, StorageError)):

@@ -1,7 +1,7 @@
 """One audit's configuration: YAML plus command-line overrides -> one frozen, validated AuditConfig.
 
     config = load_config("audit.yaml", overrides=["recovery.iterations=20"], out="s3://b/audits/x/")
-    config.fingerprint          # sha256 of everything that changes a results row
+    config.settings_hash        # the config half of the run's fingerprint (jobs.fingerprint)
 
 Every field is checked here, before Ray starts: an unknown key or a bad value raises ConfigError naming
 the dotted field (`targets.train[0].image_column: ...`) and the reason, with the valid choices where
@@ -9,40 +9,35 @@ there are some. The generator and recovery sections are built into recovery's ow
 checks (and dotted messages) are reused as they are; the stats section into stats.StatsSettings.
 
 Relative local paths in the YAML resolve against the YAML file's directory; paths given on the command
-line (--out, --set) against the current directory. Defaults live in the dataclasses below and in
-DEFAULT_OUTPUT; nowhere else.
+line (--out, --set) against the current directory (jobs.overrides). Defaults live in the dataclasses below
+and in DEFAULT_OUTPUT; nowhere else. Everything derived from the YAML is resolved here, once: a source's
+format is inferred at construction, paths are absolute, and the rest of the job reads the frozen config.
+YAML values become dataclasses through jobs.typed, which puts the dotted name in every error.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import os
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 from fsspec.core import split_protocol
 
-from recovery.errors import RecoveryError
 from recovery.settings import GeneratorSpec, RecoverySettings
 
+from . import storage
+from .errors import ConfigError
+from .fingerprint import settings_hash
+from .overrides import TARGET_KEYS, read_raw
 from .sources import FORMATS, infer_format
+from .typed import build, convert, fields, mapping, plain, reject_unknown
 
 DEFAULT_OUTPUT = "memaudit-out"  # under the current directory, when neither --out nor `output:` is given
 DEMO_CONFIG = Path(__file__).resolve().parent / "assets" / "demo.yaml"  # `memaudit audit` with no --config
-FINGERPRINT_VERSION = "memaudit.fingerprint/1"  # bump when the meaning of a results row changes
 GENERATED = "generated"  # the split sampled from the generator itself (DESIGN §1)
 SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # used in paths (split=<name>) and shard ids
-
-
-class ConfigError(ValueError):
-    """A config field (or an input it points at) that cannot be used; the message starts with its dotted name."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -54,7 +49,8 @@ class SourceConfig:
     """One source of target images for a split.
 
     uri: a file, a directory or a glob (`s3://bucket/train/*.parquet`, `data/val/*.png`), any fsspec URL.
-    format: parquet | png | jpg | jpeg | webp | bmp; None infers it from the uri's extension.
+    format: parquet | png | jpg | jpeg | webp | bmp; None infers it from the uri's extension, at construction
+        (so after construction it is set, or _check refuses the source).
     Parquet only: image_column (encoded PNG/JPEG bytes) or array_column (raw uint8 values, a list or
     binary column) with shape ([H, W] or [H, W, C], for every row) or shape_column (per row).
     id_column: the image ids; None derives them from the file path (and row, for Parquet).
@@ -68,10 +64,16 @@ class SourceConfig:
     shape_column: str | None = None
     id_column: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.format is None:
+            object.__setattr__(self, "format", infer_format(self.uri))
+
     def _check(self, at: str) -> None:
-        if self.format is not None and self.format not in FORMATS:
+        if self.format is None:
+            raise ConfigError(f"{at}.format: cannot infer the format from {self.uri!r}; set format: one of {', '.join(FORMATS)}")
+        if self.format not in FORMATS:
             raise ConfigError(f"{at}.format: {self.format!r} is not one of {', '.join(FORMATS)}")
-        fmt = self.resolved_format(at)
+        fmt = self.format
         columns = ("image_column", "array_column", "shape", "shape_column", "id_column")
         if fmt != "parquet":
             given = [c for c in columns if getattr(self, c) is not None]
@@ -86,14 +88,6 @@ class SourceConfig:
             raise ConfigError(f"{at}.shape: only used with array_column")
         if self.shape is not None and (len(self.shape) not in (2, 3) or any(s <= 0 for s in self.shape)):
             raise ConfigError(f"{at}.shape: expected [H, W] or [H, W, C] of positive ints, got {list(self.shape)}")
-
-    def resolved_format(self, at: str = "source") -> str:
-        if self.format is not None:
-            return self.format
-        fmt = infer_format(self.uri)
-        if fmt is None:
-            raise ConfigError(f"{at}.format: cannot infer the format from {self.uri!r}; set format: one of {', '.join(FORMATS)}")
-        return fmt
 
 
 @dataclass(frozen=True)
@@ -213,26 +207,25 @@ class AuditConfig:
     config_path: str | None = None
 
     @property
-    def fingerprint(self) -> str:
-        return fingerprint(self)
+    def settings_hash(self) -> str:
+        """The config half of the run's fingerprint (jobs.fingerprint.settings_hash)."""
+        return settings_hash(self)
 
     def identity(self, url: str) -> str:
-        """A location as it enters fingerprints, shard ids and derived image ids: local paths under base_dir
-        are taken relative to it, so that the same config in another checkout (or a `ray job submit`
-        working_dir) keeps its fingerprint; anything else is the URL itself."""
-        return identity(url, self.base_dir)
+        """A location as it enters the fingerprint, shard ids and derived image ids (storage.identity)."""
+        return storage.identity(url, self.base_dir)
 
     def to_dict(self) -> dict:
         """The resolved config, JSON-ready, as saved in run.json (the storage section holds only endpoint_url)."""
         out = {
-            "generator": _plain(self.generator),
-            "targets": _plain(self.targets),
-            "recovery": {**_plain(self.recovery), "feature_net": self.feature_net},
-            "resources": _plain(self.resources),
-            "stats": _plain(self.stats),
-            "job": _plain(self.job),
+            "generator": plain(self.generator),
+            "targets": plain(self.targets),
+            "recovery": {**plain(self.recovery), "feature_net": self.feature_net},
+            "resources": plain(self.resources),
+            "stats": plain(self.stats),
+            "job": plain(self.job),
             "output": self.output,
-            "storage": _plain(self.storage),
+            "storage": plain(self.storage),
         }
         splits = out["targets"].pop("splits")
         out["targets"] = {**splits, **out["targets"]}
@@ -240,7 +233,6 @@ class AuditConfig:
 
 
 SECTIONS = ("generator", "targets", "recovery", "resources", "stats", "job", "output", "storage")
-TARGET_KEYS = ("generated", "limit", "limit_seed", "shard_size", "upscale")  # reserved under targets; every other key is a split
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -271,30 +263,8 @@ def load_config(
     """
     cwd = os.path.abspath(cwd or os.getcwd())
     path = Path(path) if path is not None else DEMO_CONFIG
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"config: cannot read {str(path)!r}: {exc.strerror or exc}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config: {path} is not valid YAML: {exc}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config: {path} must hold a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}")
-    base_dir = str(path.resolve().parent)
-    _resolve_paths(raw, base_dir)
-    for item in overrides:
-        key, value = _parse_override(item)
-        patch: dict = {}
-        _set_dotted(patch, key, value)
-        _resolve_paths(patch, cwd)
-        _set_dotted(raw, key, _get_dotted(patch, key))
-    if out is not None:
-        raw["output"] = _resolve_local(out, cwd)
-    raw.setdefault("output", _resolve_local(DEFAULT_OUTPUT, cwd))
-    return build_config(raw, base_dir=base_dir, config_path=str(path.resolve()))
+    raw = read_raw(path, overrides=overrides, out=out, cwd=cwd, default_output=DEFAULT_OUTPUT, sections=SECTIONS)
+    return build_config(raw, base_dir=str(path.resolve().parent), config_path=str(path.resolve()))
 
 
 def build_config(raw: Mapping, *, base_dir: str, config_path: str | None = None) -> AuditConfig:
@@ -303,18 +273,18 @@ def build_config(raw: Mapping, *, base_dir: str, config_path: str | None = None)
 
     if not isinstance(raw, Mapping):
         raise ConfigError(f"config: expected a mapping of sections, got {type(raw).__name__}")
-    _reject_unknown(raw, SECTIONS, "")
+    reject_unknown(raw, SECTIONS, "")
     for required in ("generator", "targets"):
         if required not in raw:
             raise ConfigError(f"{required}: required")
-    generator = _convert(GeneratorSpec, raw["generator"], "generator")
-    recovery_raw = _mapping(raw.get("recovery") or {}, "recovery")
+    generator = convert(GeneratorSpec, raw["generator"], "generator")
+    recovery_raw = mapping(raw.get("recovery") or {}, "recovery")
     feature_net = None
-    if "feature_net" not in _fields(RecoverySettings):
+    if "feature_net" not in fields(RecoverySettings):
         recovery_raw = dict(recovery_raw)
-        feature_net = _convert(str | None, recovery_raw.pop("feature_net", None), "recovery.feature_net")
-    recovery = _convert(RecoverySettings, recovery_raw, "recovery")
-    if recovery.loss == "features" and not feature_net and "feature_net" not in _fields(RecoverySettings):
+        feature_net = convert(str | None, recovery_raw.pop("feature_net", None), "recovery.feature_net")
+    recovery = convert(RecoverySettings, recovery_raw, "recovery")
+    if recovery.loss == "features" and not feature_net and "feature_net" not in fields(RecoverySettings):
         raise ConfigError("recovery.feature_net: loss: features needs a TorchScript feature network URL")
     if feature_net and recovery.loss != "features":
         raise ConfigError(f"recovery.feature_net: only used with loss: features (loss is {recovery.loss})")
@@ -322,12 +292,12 @@ def build_config(raw: Mapping, *, base_dir: str, config_path: str | None = None)
         generator=generator,
         targets=_targets(raw["targets"]),
         recovery=recovery,
-        stats=_convert(StatsSettings, raw.get("stats") or {}, "stats"),
-        output=_convert(str, raw["output"], "output"),
+        stats=convert(StatsSettings, raw.get("stats") or {}, "stats"),
+        output=convert(str, raw["output"], "output"),
         feature_net=feature_net,
-        resources=_convert(ResourcesConfig, raw.get("resources") or {}, "resources"),
-        job=_convert(JobConfig, raw.get("job") or {}, "job"),
-        storage=_convert(StorageConfig, raw.get("storage") or {}, "storage"),
+        resources=convert(ResourcesConfig, raw.get("resources") or {}, "resources"),
+        job=convert(JobConfig, raw.get("job") or {}, "job"),
+        storage=convert(StorageConfig, raw.get("storage") or {}, "storage"),
         base_dir=base_dir,
         config_path=config_path,
     )
@@ -341,7 +311,7 @@ def build_config(raw: Mapping, *, base_dir: str, config_path: str | None = None)
 
 
 def _targets(raw: Any) -> TargetsConfig:
-    raw = _mapping(raw, "targets")
+    raw = mapping(raw, "targets")
     splits: dict[str, tuple[SourceConfig, ...]] = {}
     for name, value in raw.items():
         if name in TARGET_KEYS:
@@ -357,31 +327,31 @@ def _targets(raw: Any) -> TargetsConfig:
         for i, item in enumerate(value):
             if isinstance(item, str):
                 item = {"uri": item}
-            sources.append(_convert(SourceConfig, item, f"{at}[{i}]"))
+            sources.append(convert(SourceConfig, item, f"{at}[{i}]"))
         splits[name] = tuple(sources)
-    generated = _convert(GeneratedConfig | None, raw.get("generated"), "targets.generated")
+    generated = convert(GeneratedConfig | None, raw.get("generated"), "targets.generated")
     limit = raw.get("limit")
     if isinstance(limit, Mapping):
-        limit = {str(k): _convert(int, v, f"targets.limit.{k}") for k, v in limit.items()}
+        limit = {str(k): convert(int, v, f"targets.limit.{k}") for k, v in limit.items()}
         for k, v in limit.items():
             if k not in splits:
                 raise ConfigError(f"targets.limit.{k}: no such split (splits: {', '.join(splits) or 'none'})")
             if v < 1:
                 raise ConfigError(f"targets.limit.{k}: must be >= 1, got {v}")
     else:
-        limit = _convert(int | None, limit, "targets.limit")
+        limit = convert(int | None, limit, "targets.limit")
         if limit is not None and limit < 1:
             raise ConfigError(f"targets.limit: must be >= 1, got {limit}")
-    shard_size = _convert(int, raw.get("shard_size", 256), "targets.shard_size")
+    shard_size = convert(int, raw.get("shard_size", 256), "targets.shard_size")
     if shard_size < 1:
         raise ConfigError(f"targets.shard_size: must be >= 1, got {shard_size}")
     targets = TargetsConfig(
         splits=splits,
         generated=generated,
         limit=limit,
-        limit_seed=_convert(int, raw.get("limit_seed", 0), "targets.limit_seed"),
+        limit_seed=convert(int, raw.get("limit_seed", 0), "targets.limit_seed"),
         shard_size=shard_size,
-        upscale=_convert(bool, raw.get("upscale", False), "targets.upscale"),
+        upscale=convert(bool, raw.get("upscale", False), "targets.upscale"),
     )
     if not targets.split_names:
         raise ConfigError("targets: no splits; give at least one split of sources (e.g. train, val) or generated: {count: N}")
@@ -396,237 +366,3 @@ def _check_locations(config: AuditConfig) -> None:
     for name, url in places:
         if url and split_protocol(url)[0] == "memory":
             raise ConfigError(f"{name}: memory:// is private to one process, so Ray actors cannot read or write it; use a local path or an object store")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Fingerprint and identities
-
-
-def fingerprint(config: AuditConfig) -> str:
-    """sha256 of the canonical JSON of everything that changes a results or rejects row, and the shard cut:
-    generator, targets (with shard_size) and recovery (with feature_net). Not output, resources, job,
-    storage, stats (every run re-reduces) or recovery.batch_size (recover() rows do not depend on it)."""
-    targets = _plain(config.targets)
-    targets["splits"] = {
-        split: [{**_plain(src), "uri": config.identity(src.uri), "format": src.resolved_format()} for src in sources]
-        for split, sources in config.targets.splits.items()
-    }
-    generator = _plain(config.generator)
-    for key in ("torchscript", "checkpoint"):
-        if generator.get(key):
-            generator[key] = config.identity(generator[key])
-    recovery = _plain(config.recovery)
-    recovery.pop("batch_size", None)
-    payload = {
-        "version": FINGERPRINT_VERSION,
-        "generator": generator,
-        "targets": targets,
-        "recovery": recovery,
-        "feature_net": config.identity(config.feature_net) if config.feature_net else None,
-    }
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def identity(url: str, base_dir: str) -> str:
-    """See AuditConfig.identity."""
-    protocol, path = split_protocol(url)
-    if protocol not in (None, "file", "local"):
-        return url
-    rel = os.path.relpath(os.path.abspath(path), base_dir)
-    return path if rel.startswith("..") else rel.replace(os.sep, "/")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Path resolution and overrides
-
-PATH_KEYS = (("generator", "torchscript"), ("generator", "checkpoint"), ("recovery", "feature_net"), ("output",))
-
-
-def _resolve_local(url: Any, base: str) -> Any:
-    """A relative local path -> absolute against `base`; URLs with a protocol and non-strings are left alone."""
-    if not isinstance(url, str) or not url:
-        return url
-    protocol, path = split_protocol(url)
-    if protocol not in (None, "file", "local"):
-        return url
-    path = os.path.expanduser(path)
-    trailing = "/" if url.endswith("/") else ""
-    return os.path.normpath(os.path.join(base, path)) + trailing
-
-
-def _resolve_paths(raw: dict, base: str) -> None:
-    for keys in PATH_KEYS:
-        node = raw
-        for k in keys[:-1]:
-            node = node.get(k) if isinstance(node, dict) else None
-        if isinstance(node, dict) and keys[-1] in node:
-            node[keys[-1]] = _resolve_local(node[keys[-1]], base)
-    targets = raw.get("targets")
-    if not isinstance(targets, dict):
-        return
-    for name, value in targets.items():
-        if name in TARGET_KEYS:
-            continue
-        items = value if isinstance(value, list) else [value]
-        for i, item in enumerate(items):
-            if isinstance(item, str):
-                items[i] = {"uri": item}
-            if isinstance(items[i], dict) and "uri" in items[i]:
-                items[i]["uri"] = _resolve_local(items[i]["uri"], base)
-        targets[name] = items if isinstance(value, list) else items[0]
-
-
-def _parse_override(item: str) -> tuple[str, Any]:
-    key, sep, text = item.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {item!r}: expected dotted.key=value, e.g. recovery.iterations=20")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{key}: cannot parse {text!r} as a YAML value: {exc}") from None
-    return key, value
-
-
-def _set_dotted(raw: dict, key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = raw
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"{'.'.join(parts[:i + 1])}: is not a section, so {key} cannot be set")
-        node = child
-    node[parts[-1]] = value
-
-
-def _get_dotted(raw: dict, key: str) -> Any:
-    for part in key.split("."):
-        raw = raw[part]
-    return raw
-
-
-# ---------------------------------------------------------------------------------------------------------
-# YAML values -> typed dataclasses, with dotted names in every error
-
-
-def _fields(cls: type) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(cls) if f.init}
-
-
-def _reject_unknown(raw: Mapping, known: typing.Iterable[str], at: str) -> None:
-    known = tuple(known)
-    for key in raw:
-        if key not in known:
-            name = f"{at}.{key}" if at else str(key)
-            raise ConfigError(f"{name}: unknown field (valid: {', '.join(known)})")
-
-
-def _mapping(value: Any, at: str) -> Mapping:
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{at}: expected a mapping, got {_shown(value)}")
-    return value
-
-
-def _shown(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
-
-
-def _convert(tp: Any, value: Any, at: str) -> Any:
-    """Check `value` against the annotation `tp` and convert it (lists -> tuples, mappings -> dataclasses)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None:
-            if type(None) in options:
-                return None
-            raise ConfigError(f"{at}: required, got null")
-        rest = [o for o in options if o is not type(None)]
-        errors = []
-        for option in rest:
-            try:
-                return _convert(option, value, at)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise errors[0] if len(errors) == 1 else ConfigError(f"{at}: {_shown(value)} is not a valid value")
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, at)
-    if tp is Any:
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{at}: expected true or false, got {_shown(value)}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{at}: expected an integer, got {_shown(value)}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{at}: expected a number, got {_shown(value)}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{at}: expected a string, got {_shown(value)}")
-        return value
-    if tp is dict or origin is dict:
-        return dict(_mapping(value, at))
-    if tp is tuple or origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{at}: expected a list, got {_shown(value)}")
-        args = typing.get_args(tp)
-        if not args:
-            return tuple(value)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v, f"{at}[{i}]") for i, v in enumerate(value))
-        if len(args) != len(value):
-            raise ConfigError(f"{at}: expected a list of {len(args)} values, got {len(value)}")
-        return tuple(_convert(a, v, f"{at}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if tp is list or origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{at}: expected a list, got {_shown(value)}")
-        args = typing.get_args(tp)
-        return [_convert(args[0], v, f"{at}[{i}]") for i, v in enumerate(value)] if args else list(value)
-    return value  # an annotation we do not check (the class's own __post_init__ still does)
-
-
-def _build(cls: type, value: Any, at: str) -> Any:
-    value = _mapping(value, at)
-    fields = _fields(cls)
-    _reject_unknown(value, fields, at)
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, f in fields.items():
-        if name in value:
-            kwargs[name] = _convert(hints[name], value[name], f"{at}.{name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{at}.{name}: required")
-    try:
-        obj = cls(**kwargs)
-    except ConfigError:
-        raise
-    except RecoveryError as exc:  # recovery's checks already name the dotted field
-        raise ConfigError(str(exc)) from None
-    except ValueError as exc:  # stats.StatsError and friends: "field: reason" or "section.field: reason"
-        message = str(exc)
-        head = message.split(":", 1)[0]
-        if head.split(".", 1)[0] == at.split(".", 1)[0]:
-            raise ConfigError(message) from None
-        raise ConfigError(f"{at}.{message}" if head in fields else f"{at}: {message}") from None
-    check = getattr(obj, "_check", None)
-    if check is not None:
-        check(at)
-    return obj
-
-
-def _plain(obj: Any) -> Any:
-    """Dataclasses, tuples and dicts -> JSON-ready dicts and lists."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj

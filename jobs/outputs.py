@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import storage
-from .config import ConfigError
+from .errors import ConfigError
 
 FINGERPRINT_KEY = b"memaudit.fingerprint"
 SHARD_KEY = b"memaudit.shard"

@@ -13,13 +13,18 @@ resume and of the part file names.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import GENERATED, AuditConfig, ConfigError
-from .sources import SourceError, SourceListing, check_ids, list_source, read_ids, select_rows
+from typing import Iterable, Sequence
+
+from .config import GENERATED, AuditConfig
+from .errors import ConfigError
+from .fingerprint import fingerprint
+from .sources import SourceError, SourceListing, list_source, read_ids, select_rows
 
 
 
@@ -48,7 +53,7 @@ class Shard:
 
 @dataclass(frozen=True)
 class Plan:
-    fingerprint: str  # plan_fingerprint: the config's and the source listing's
+    fingerprint: str  # the run's fingerprint (jobs.fingerprint): the config's and the source listing's
     shards: tuple[Shard, ...]
     images: dict[str, int]  # split -> images selected (what the results and rejects will hold)
     available: dict[str, int]  # split -> rows in the sources, before targets.limit
@@ -126,25 +131,39 @@ def make_plan(config: AuditConfig, *, check: bool = True) -> Plan:
             stop = min(count, start + targets.shard_size)
             shards.append(Shard(shard_id(GENERATED, key, start), GENERATED, -1, start, stop))
     if check:
-        try:
-            check_ids(ids_by_split)
-        except SourceError as exc:
-            raise ConfigError(str(exc)) from None
+        check_ids(ids_by_split, config.stats.pairs)
     ids = [s.id for s in shards]
     if len(set(ids)) != len(ids):
         raise ConfigError("targets: two sources of one split name the same files; list each source once")
-    return Plan(plan_fingerprint(config, listings), tuple(shards), images, available, listings)
+    return Plan(fingerprint(config, listings), tuple(shards), images, available, listings)
 
 
-def plan_fingerprint(config: AuditConfig, listings: dict[str, tuple[SourceListing, ...]]) -> str:
-    """The run's fingerprint: the config's (AuditConfig.fingerprint) and the source files with their row
-    counts, so that files added under a glob are not mistaken for the shards an earlier run wrote."""
-    digest = hashlib.sha256(config.fingerprint.encode())
-    for split, found in listings.items():
-        for listing in found:
-            for url, rows in zip(listing.files, listing.rows):
-                digest.update(f"{split}\0{listing.index}\0{config.identity(url)}\0{rows}\n".encode())
-    return digest.hexdigest()
+def check_ids(ids_by_split: dict[str, Sequence[str | None]], pairs: Iterable[Sequence[str]] = (("train", "val"),), *,
+              examples: int = 3) -> None:
+    """The one check of input ids, before any work: every row has an id, no id occurs twice in a split, and no
+    id is in both splits of a memorization pair (a held-out image must not be a training image).
+
+    After the run, stats.checks verifies the *output* (each planned image exactly one row; equal content by
+    target_hash), which ids alone cannot show.
+
+    Raises:
+        ConfigError: naming the split, the count and a few examples.
+    """
+    for split, ids in ids_by_split.items():
+        missing = sum(1 for i in ids if i is None)
+        if missing:
+            raise ConfigError(f"targets.{split}: {missing} rows have no id (null in the id column)")
+        dups = [(i, c) for i, c in Counter(ids).items() if c > 1]
+        if dups:
+            shown = ", ".join(f"{i!r} x{c}" for i, c in dups[:examples])
+            raise ConfigError(f"targets.{split}: {len(dups)} ids occur more than once, e.g. {shown}")
+    for a, b in pairs:
+        if a in ids_by_split and b in ids_by_split:
+            both = sorted(set(ids_by_split[a]) & set(ids_by_split[b]))
+            if both:
+                shown = ", ".join(repr(i) for i in both[:examples])
+                raise ConfigError(f"targets: {len(both)} ids are in both {a} and {b}, e.g. {shown}; "
+                                  "a held-out image must not be a training image")
 
 
 def _compact(rows: np.ndarray) -> range | tuple[int, ...]:

@@ -12,8 +12,8 @@ draws the seeded per-split subsample of `targets.limit`. Ids come from `id_colum
 `<file>#<row>` for Parquet and `<file>` for an image file, where <file> is the path relative to the
 config's directory for local files and the full URL otherwise.
 
-The driver checks ids before any work (cheap: the id column only): duplicates within a split and ids
-shared by train and val are refused. Equal image *content* under different ids is checked after the run
+The plan checks ids before any work (cheap: the id column only; jobs.plan.check_ids): duplicates within a
+split and ids shared by a memorization pair's splits are refused. Equal image *content* under different ids is checked after the run
 from the `target_hash` column that actors add to every results row (hashing every image in the driver
 would read the whole data set twice at 10^6 scale). `describe_image` reads an image's header (format,
 original size, channels) for the results rows, so that stats can warn when train and val differ in
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Sequence
@@ -227,7 +226,7 @@ class SourceListing:
 
 def list_files(src: "SourceConfig", endpoint_url: str | None) -> list[str]:
     """The files a source names: a glob, a directory (files with the format's extensions) or one file; sorted URLs."""
-    fmt = FORMATS[src.resolved_format()]
+    fmt = FORMATS[src.format]
     fs, path = storage.filesystem(src.uri, endpoint_url)
     fs.invalidate_cache()
     if any(c in src.uri for c in GLOB_CHARS):
@@ -248,8 +247,8 @@ def list_source(split: str, index: int, src: "SourceConfig", endpoint_url: str |
     """List a source's files and count their rows (Parquet footers only). Raises SourceError if it is empty."""
     files = list_files(src, endpoint_url)
     if not files:
-        raise SourceError(f"uri: no {src.resolved_format()} files match {src.uri!r}")
-    fmt = FORMATS[src.resolved_format()]
+        raise SourceError(f"uri: no {src.format} files match {src.uri!r}")
+    fmt = FORMATS[src.format]
     if isinstance(fmt, ImageFiles):
         rows = [1] * len(files)
     else:
@@ -260,7 +259,7 @@ def list_source(split: str, index: int, src: "SourceConfig", endpoint_url: str |
 
 def read_ids(listing: SourceListing, positions: np.ndarray, base_dir: str, endpoint_url: str | None) -> list[str | None]:
     """The ids of the given source row positions (the id column only, or derived from paths)."""
-    fmt = FORMATS[listing.source.resolved_format()]
+    fmt = FORMATS[listing.source.format]
     ids: list[str | None] = []
     for f, rows in listing.locate(positions):
         url = listing.files[f]
@@ -278,7 +277,7 @@ def read_items(src: "SourceConfig", segments: Iterable[tuple[str, Sequence[int]]
                endpoint_url: str | None) -> list[Item]:
     """Read the images of (file URL, rows in that file) segments, in order. A file that cannot be read
     becomes Items with an error (rejects); a Parquet file that cannot be read fails the call."""
-    fmt = FORMATS[src.resolved_format()]
+    fmt = FORMATS[src.format]
     segments = list(segments)
     if isinstance(fmt, ImageFiles):
         def one(url: str) -> Item:
@@ -303,9 +302,7 @@ def read_items(src: "SourceConfig", segments: Iterable[tuple[str, Sequence[int]]
 
 def derived_id(url: str, base_dir: str, row: int | None) -> str:
     """An id from where an image lives: `<file>#<row>` for a Parquet row, `<file>` for an image file."""
-    from .config import identity
-
-    name = identity(url, base_dir)
+    name = storage.identity(url, base_dir)
     return name if row is None else f"{name}#{row}"
 
 
@@ -319,25 +316,6 @@ def select_rows(total: int, limit: int | None, seed: int, split: str) -> np.ndar
     split_key = int.from_bytes(hashlib.sha256(split.encode()).digest()[:8], "little")
     rng = np.random.default_rng([seed, split_key])
     return np.sort(rng.choice(total, size=limit, replace=False)).astype(np.int64)
-
-
-def check_ids(ids_by_split: dict[str, Sequence[str | None]], *, examples: int = 3) -> None:
-    """Refuse missing ids, duplicate ids within a split, and ids in both train and val (SourceError)."""
-    for split, ids in ids_by_split.items():
-        missing = sum(1 for i in ids if i is None)
-        if missing:
-            raise SourceError(f"targets.{split}: {missing} rows have no id (null in the id column)")
-        counts = Counter(ids)
-        dups = [(i, c) for i, c in counts.items() if c > 1]
-        if dups:
-            shown = ", ".join(f"{i!r} x{c}" for i, c in dups[:examples])
-            raise SourceError(f"targets.{split}: {len(dups)} ids occur more than once, e.g. {shown}")
-    if "train" in ids_by_split and "val" in ids_by_split:
-        both = sorted(set(ids_by_split["train"]) & set(ids_by_split["val"]))
-        if both:
-            shown = ", ".join(repr(i) for i in both[:examples])
-            raise SourceError(f"targets: {len(both)} ids are in both train and val, e.g. {shown}; "
-                              "a held-out image must not be a training image")
 
 
 def content_hash(array: np.ndarray) -> str:

@@ -64,6 +64,29 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
+def resolve_local(url: object, base: str) -> object:
+    """A relative local path -> absolute against `base`; URLs with a protocol and non-strings are left alone."""
+    if not isinstance(url, str) or not url:
+        return url
+    protocol, path = split_protocol(url)
+    if protocol not in LOCAL:
+        return url
+    path = os.path.expanduser(path)
+    trailing = "/" if url.endswith("/") else ""
+    return os.path.normpath(os.path.join(base, path)) + trailing
+
+
+def identity(url: str, base_dir: str) -> str:
+    """A location as it enters fingerprints, shard ids and derived image ids: a local path under `base_dir`
+    (the config's folder) relative to it, so that the same config in another checkout (or a `ray job submit`
+    working_dir) keeps its ids; anything else is the URL itself."""
+    protocol, path = split_protocol(url)
+    if protocol not in LOCAL:
+        return url
+    rel = os.path.relpath(os.path.abspath(path), base_dir)
+    return path if rel.startswith("..") else rel.replace(os.sep, "/")
+
+
 def with_protocol(like: str, path: str) -> str:
     """A path returned by fs.glob/ls, with the protocol of the URL it came from (s3://bucket/key)."""
     protocol = split_protocol(like)[0]
@@ -175,3 +198,4 @@ def check_writable(url: str, endpoint_url: str | None = None) -> None:
     marker = join(url, PROBE)
     put_atomic(marker, b"memaudit write probe\n", endpoint_url)
     remove(marker, endpoint_url)
+

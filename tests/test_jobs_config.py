@@ -145,7 +145,7 @@ def test_overrides_parse_yaml_values_and_reject_bad_keys(tmp_path):
 
 
 def test_fingerprint_covers_what_changes_results_only(tmp_path):
-    base = _load(tmp_path, _base()).fingerprint
+    base = _load(tmp_path, _base()).settings_hash
     same = [
         _load(tmp_path, _base(), out="elsewhere"),
         _load(tmp_path, _base(resources={"actors": 7, "gpus_per_actor": 1, "cpus_per_actor": 4})),
@@ -154,7 +154,7 @@ def test_fingerprint_covers_what_changes_results_only(tmp_path):
         _load(tmp_path, _base(stats={"alpha": 0.05})),
         _load(tmp_path, _base(), overrides=["recovery.batch_size=3"]),  # recover() rows do not depend on it
     ]
-    assert all(c.fingerprint == base for c in same)
+    assert all(c.settings_hash == base for c in same)
     different = [
         _load(tmp_path, _base(), overrides=["recovery.iterations=6"]),
         _load(tmp_path, _base(), overrides=["recovery.seed=1"]),
@@ -163,14 +163,14 @@ def test_fingerprint_covers_what_changes_results_only(tmp_path):
         _load(tmp_path, _base(), overrides=["generator.latent.prior=uniform"]),
         _load(tmp_path, _base(), overrides=["targets.generated.seed=2"]),
     ]
-    assert len({c.fingerprint for c in different} | {base}) == len(different) + 1
+    assert len({c.settings_hash for c in different} | {base}) == len(different) + 1
 
 
 def test_fingerprint_is_the_same_for_the_same_config_in_another_directory(tmp_path):
-    a = _load(tmp_path, _base()).fingerprint
+    a = _load(tmp_path, _base()).settings_hash
     other = tmp_path / "copy"
     other.mkdir()
-    b = load_config(write_yaml(other / "audit.yaml", _base())).fingerprint
+    b = load_config(write_yaml(other / "audit.yaml", _base())).settings_hash
     assert a == b
 
 

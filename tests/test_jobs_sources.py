@@ -12,8 +12,8 @@ import pytest
 from conftest import SIDE, images, png, tiny_config, write_yaml
 
 from jobs.config import ConfigError, SourceConfig, load_config
-from jobs.plan import make_plan
-from jobs.sources import check_ids, list_source, read_items, select_rows, SourceError
+from jobs.plan import check_ids, make_plan
+from jobs.sources import list_source, read_items, select_rows
 
 
 def _config(tmp_path, targets, **kw):
@@ -94,9 +94,9 @@ def test_limit_is_a_seeded_subsample_that_does_not_change_between_runs():
 
 
 def test_duplicate_and_overlapping_ids_are_refused():
-    with pytest.raises(SourceError, match=r"targets.train: 1 ids occur more than once, e.g. 'a' x2"):
+    with pytest.raises(ConfigError, match=r"targets.train: 1 ids occur more than once, e.g. 'a' x2"):
         check_ids({"train": ["a", "b", "a"]})
-    with pytest.raises(SourceError, match=r"2 ids are in both train and val, e.g. 'b', 'c'"):
+    with pytest.raises(ConfigError, match=r"2 ids are in both train and val, e.g. 'b', 'c'"):
         check_ids({"train": ["a", "b", "c"], "val": ["b", "c", "d"], "generated": ["a"]})
     check_ids({"train": ["a"], "test": ["a"]})  # only the train/val pair must be disjoint
 
@@ -146,7 +146,7 @@ def test_plan_fingerprint_changes_when_files_are_added(tmp_path, tiny_data):
     before = make_plan(config).fingerprint
     (data / "v99.png").write_bytes(png(images(1, seed=9)[0]))
     after = make_plan(config)
-    assert after.fingerprint != before and config.fingerprint == config.fingerprint
+    assert after.fingerprint != before and config.settings_hash == config.settings_hash
     assert after.images["val"] == 7
 
 

@@ -1,0 +1,62 @@
+"""The run's fingerprint: the one key that says whether two runs write the same rows into the same shards.
+
+    fp = fingerprint(config, listings)    # sha256 hex; in run.json and in every part's Parquet metadata
+
+It hashes, in canonical JSON, everything that changes a results or rejects row or the shard cut, and
+nothing else: `generator`, `targets` (with `shard_size`, `limit`, the sources' identities and resolved
+formats), `recovery` (with `feature_net`, without `batch_size`: recover()'s rows do not depend on it),
+and the source files the plan listed with their row counts (files added under a glob change it). Not
+`output`, `resources`, `job`, `storage` or `stats` (every run re-reduces). Locations enter through
+storage.identity, so the same config in another checkout keeps its fingerprint.
+
+`settings_hash(config)` is the config half alone (no listing needed); nothing else is called a
+fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+from .typed import plain
+
+if TYPE_CHECKING:
+    from .config import AuditConfig
+    from .sources import SourceListing
+
+VERSION = "memaudit.fingerprint/1"  # bump when the meaning of a results row changes
+
+
+def settings_hash(config: "AuditConfig") -> str:
+    """sha256 of the fingerprinted config sections (see the module docstring)."""
+    targets = plain(config.targets)
+    targets["splits"] = {
+        split: [{**plain(src), "uri": config.identity(src.uri)} for src in sources]
+        for split, sources in config.targets.splits.items()
+    }
+    generator = plain(config.generator)
+    for key in ("torchscript", "checkpoint"):
+        if generator.get(key):
+            generator[key] = config.identity(generator[key])
+    recovery = plain(config.recovery)
+    recovery.pop("batch_size", None)
+    payload = {
+        "version": VERSION,
+        "generator": generator,
+        "targets": targets,
+        "recovery": recovery,
+        "feature_net": config.identity(config.feature_net) if config.feature_net else None,
+    }
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def fingerprint(config: "AuditConfig", listings: Mapping[str, Sequence["SourceListing"]]) -> str:
+    """The run's fingerprint: settings_hash and every listed source file with its row count."""
+    digest = hashlib.sha256(settings_hash(config).encode())
+    for split, found in listings.items():
+        for listing in found:
+            for url, rows in zip(listing.files, listing.rows):
+                digest.update(f"{split}\0{listing.index}\0{config.identity(url)}\0{rows}\n".encode())
+    return digest.hexdigest()

@@ -1,0 +1,103 @@
+"""The raw config mapping: the YAML file, `--set dotted.key=value` overrides and --out, with relative local
+paths made absolute (YAML paths against the YAML's folder, command-line paths against the current one).
+
+    raw, base_dir = read_raw("audit.yaml", overrides=["recovery.iterations=20"], out="runs/x", cwd=os.getcwd())
+
+Only this module knows where paths sit in the raw mapping (PATH_KEYS and every target source's `uri`);
+jobs.config then types and validates the result.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .storage import resolve_local
+
+PATH_KEYS = (("generator", "torchscript"), ("generator", "checkpoint"), ("recovery", "feature_net"), ("output",))
+TARGET_KEYS = ("generated", "limit", "limit_seed", "shard_size", "upscale")  # reserved under targets; every other key is a split
+
+
+def read_raw(path: Path, *, overrides: list[str] | tuple[str, ...], out: str | None, cwd: str, default_output: str,
+             sections: tuple[str, ...]) -> dict:
+    """The YAML at `path` with its paths resolved, `overrides` and `out` applied; `output` defaults to
+    `default_output` under `cwd`. Raises ConfigError for an unreadable file, bad YAML or a bad override."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config: {path} is not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: {path} must hold a mapping of sections ({', '.join(sections)}), got {type(raw).__name__}")
+    resolve_paths(raw, str(path.resolve().parent))
+    for item in overrides:
+        key, value = parse_override(item)
+        patch: dict = {}
+        set_dotted(patch, key, value)
+        resolve_paths(patch, cwd)
+        set_dotted(raw, key, get_dotted(patch, key))
+    if out is not None:
+        raw["output"] = resolve_local(out, cwd)
+    raw.setdefault("output", resolve_local(default_output, cwd))
+    return raw
+
+
+def resolve_paths(raw: dict, base: str) -> None:
+    """Make the relative local paths of a raw config (or of one override's patch) absolute against `base`."""
+    for keys in PATH_KEYS:
+        node = raw
+        for k in keys[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict) and keys[-1] in node:
+            node[keys[-1]] = resolve_local(node[keys[-1]], base)
+    targets = raw.get("targets")
+    if not isinstance(targets, dict):
+        return
+    for name, value in targets.items():
+        if name in TARGET_KEYS:
+            continue
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            if isinstance(item, str):
+                items[i] = {"uri": item}
+            if isinstance(items[i], dict) and "uri" in items[i]:
+                items[i]["uri"] = resolve_local(items[i]["uri"], base)
+        targets[name] = items if isinstance(value, list) else items[0]
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`dotted.key=value` -> (key, value parsed as YAML)."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r}: expected dotted.key=value, e.g. recovery.iterations=20")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}: cannot parse {text!r} as a YAML value: {exc}") from None
+    return key, value
+
+
+def set_dotted(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts[:i + 1])}: is not a section, so {key} cannot be set")
+        node = child
+    node[parts[-1]] = value
+
+
+def get_dotted(raw: dict, key: str) -> Any:
+    for part in key.split("."):
+        raw = raw[part]
+    return raw
