@@ -5,8 +5,13 @@
     python -m jobs.audit --config audit.yaml --set recovery.iterations=20 --out s3://bucket/audits/x/
     python -m jobs.audit --config audit.yaml --dry-run            # validate, list sources, print the plan; no Ray
 
-Exit codes: 0 done (or stopped by --max-shards), 1 the job ran but shards failed, the inputs overlap, too
-many images were rejected, or the store stayed unreachable beyond job.storage_retries, 2 a user error (printed as one line `error: ...`), 130 interrupted (resumable).
+    python -m jobs.audit --config audit.yaml --fail-on memorization   # exit 3 when the verdict is memorization
+
+Exit codes (stats.exit_codes): 0 done (or stopped by --max-shards), 1 the job ran but shards failed, the inputs
+overlap, too many images were rejected, the store stayed unreachable beyond job.storage_retries, or the
+output.history append failed, 2 a user error (printed as one line `error: ...`), 3 memorization and 4
+inconclusive (only with --fail-on), 130 interrupted (resumable). A checkpoint sweep (a glob in
+generator.torchscript / checkpoint / pickle: jobs.sweep) exits with the worst code over its checkpoints.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ def parser(prog: str = "python -m jobs.audit") -> argparse.ArgumentParser:
     p.add_argument("--max-shards", type=int, metavar="N", help="run at most N of the shards not yet done, then stop")
     p.add_argument("--dry-run", action="store_true", help="validate the config, list the sources and print the plan")
     p.add_argument("--quiet", action="store_true", help="log warnings and errors only")
+    p.add_argument("--fail-on", choices=("memorization", "inconclusive"),  # stats.exit_codes.FAIL_ON
+                   help="exit 3 when the verdict is memorization; with 'inconclusive', also 4 when it is inconclusive "
+                   "(default: the verdict leaves the exit code at 0)")
     return p
 
 
@@ -53,18 +61,28 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
         from .plan import make_plan
 
         storage.configure(config.job.storage_retries, config.job.storage_retry_seconds)
-        plan = make_plan(config)  # lists sources and checks ids before Ray starts
+        from .sweep import checkpoint_config, checkpoints, describe, run_sweep
+        from .tracking import check_history, exit_code, record_or_fail
+
+        found = checkpoints(config)  # a glob of checkpoints in the generator: one audit each (jobs.sweep)
+        plan = make_plan(checkpoint_config(config, *found[0]) if found else config)  # lists sources, checks ids
         if args.dry_run:
+            if found:
+                print(f"{describe(found)}; the first one's plan:")
             print(plan.describe())
             print(f"output: {config.output}")
             return 0
         _check_output(config.output, config.storage.endpoint_url)  # a cheap write probe, before Ray starts
+        check_history(config)
         started_ray, address = _connect(args.address)
         from .driver import run_audit
 
+        if found:
+            return run_sweep(config, found, fail_on=args.fail_on, overwrite=args.overwrite, max_shards=args.max_shards,
+                             local=started_ray, address=address)
         outcome = run_audit(config, plan=plan, overwrite=args.overwrite, max_shards=args.max_shards,
                             local=started_ray, address=address)
-        return outcome.exit_code
+        return record_or_fail(config, outcome, exit_code(outcome, args.fail_on))
     except (ConfigError, RecoveryError, StatsError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2

@@ -32,7 +32,7 @@ from .errors import ConfigError
 from .fingerprint import settings_hash
 from .overrides import TARGET_KEYS, read_raw
 from .sources import FORMATS, infer_format
-from .typed import build, convert, fields, mapping, plain, reject_unknown
+from .typed import build, convert, fields, mapping, plain, reject_unknown, shown
 
 DEFAULT_OUTPUT = "memaudit-out"  # under the current directory, when neither --out nor `output:` is given
 DEMO_CONFIG = Path(__file__).resolve().parent / "assets" / "demo.yaml"  # `memaudit audit` with no --config
@@ -191,6 +191,20 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class RunConfig:
+    """What this run is, for output.history and checkpoint sweeps (issue 14); changes no results row.
+
+    model: the model's name in the history (None: the generator file's name without extension; in a
+        checkpoint sweep, the checkpoints' folder name).
+    tags: free-form text, e.g. {checkpoint: "025000", branch: main}; the trend plots use the last number of
+        `checkpoint` as the training step. Values are kept as text (quote them in YAML: 025000 unquoted is an int).
+    """
+
+    model: str | None = None
+    tags: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     """One audit, validated. `base_dir` is where relative paths in the YAML were resolved (for stable identities)."""
 
@@ -203,6 +217,8 @@ class AuditConfig:
     resources: ResourcesConfig = ResourcesConfig()
     job: JobConfig = JobConfig()
     storage: StorageConfig = StorageConfig()
+    history: str | None = None  # output.history: the Parquet dataset each finished run appends its row to (issue 14)
+    run: RunConfig = RunConfig()  # run: {model, tags}, recorded with the run
     base_dir: str = "."
     config_path: str | None = None
 
@@ -226,6 +242,8 @@ class AuditConfig:
             "job": plain(self.job),
             "output": self.output,
             "storage": plain(self.storage),
+            "history": self.history,
+            "run": plain(self.run),
         }
         splits = out["targets"].pop("splits")
         out["targets"] = {**splits, **out["targets"]}
@@ -233,6 +251,9 @@ class AuditConfig:
 
 
 SECTIONS = ("generator", "targets", "recovery", "resources", "stats", "job", "output", "storage")
+
+
+SECTIONS += ("run",)  # issue 14: run: {model, tags} (RunConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -293,7 +314,8 @@ def build_config(raw: Mapping, *, base_dir: str, config_path: str | None = None)
         targets=_targets(raw["targets"]),
         recovery=recovery,
         stats=convert(StatsSettings, raw.get("stats") or {}, "stats"),
-        output=convert(str, raw["output"], "output"),
+        **_output(raw["output"]),
+        run=_run(raw.get("run")),
         feature_net=feature_net,
         resources=convert(ResourcesConfig, raw.get("resources") or {}, "resources"),
         job=convert(JobConfig, raw.get("job") or {}, "job"),
@@ -308,6 +330,28 @@ def build_config(raw: Mapping, *, base_dir: str, config_path: str | None = None)
                 raise ConfigError(f"stats.pairs[{i}]: split {split!r} is not in targets "
                                   f"({', '.join(config.targets.splits) or 'none'})")
     return config
+
+
+def _output(raw: Any) -> dict[str, str | None]:
+    """`output: URL` or `output: {path: URL, history: URL}` -> the AuditConfig fields output and history."""
+    if not isinstance(raw, Mapping):
+        return {"output": convert(str, raw, "output"), "history": None}
+    reject_unknown(raw, ("path", "history"), "output")
+    if "path" not in raw:
+        raise ConfigError("output.path: required when output is a mapping (output: {path: URL, history: URL})")
+    return {"output": convert(str, raw["path"], "output.path"),
+            "history": convert(str | None, raw.get("history"), "output.history")}
+
+
+def _run(raw: Any) -> RunConfig:
+    raw = mapping(raw if raw is not None else {}, "run")
+    reject_unknown(raw, ("model", "tags"), "run")
+    tags = mapping(raw.get("tags") if raw.get("tags") is not None else {}, "run.tags")
+    for key, value in tags.items():
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"run.tags.{key}: expected text or a number, got {shown(value)}")
+    return RunConfig(model=convert(str | None, raw.get("model"), "run.model"),
+                     tags={str(k): str(v) for k, v in tags.items()})
 
 
 def _targets(raw: Any) -> TargetsConfig:

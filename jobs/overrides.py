@@ -18,6 +18,7 @@ from .errors import ConfigError
 from .storage import resolve_local
 
 PATH_KEYS = (("generator", "torchscript"), ("generator", "checkpoint"), ("recovery", "feature_net"), ("output",))
+PATH_KEYS += (("output", "path"), ("output", "history"))  # output: {path, history} (issue 14)
 TARGET_KEYS = ("generated", "limit", "limit_seed", "shard_size", "upscale")  # reserved under targets; every other key is a split
 
 
@@ -44,9 +45,14 @@ def read_raw(path: Path, *, overrides: list[str] | tuple[str, ...], out: str | N
         set_dotted(patch, key, value)
         resolve_paths(patch, cwd)
         set_dotted(raw, key, get_dotted(patch, key))
-    if out is not None:
-        raw["output"] = resolve_local(out, cwd)
+    if out is not None:  # --out is the output's path; output.history stays
+        if isinstance(raw.get("output"), dict):
+            raw["output"]["path"] = resolve_local(out, cwd)
+        else:
+            raw["output"] = resolve_local(out, cwd)
     raw.setdefault("output", resolve_local(default_output, cwd))
+    if isinstance(raw["output"], dict) and "path" not in raw["output"]:  # output: {history: URL} alone
+        raw["output"]["path"] = resolve_local(default_output, cwd)
     return raw
 
 

@@ -1,0 +1,149 @@
+"""Checkpoint sweeps (issue 14): `generator.torchscript` (or `checkpoint`, `pickle`) as a glob of checkpoints.
+
+    generator: {torchscript: "s3://bucket/run-7/ckpt-*.pt", latent: ...}
+    output: s3://bucket/audits/run-7-sweep/
+
+runs one audit per matching file, in name order, each a complete output of its own under
+`<out>/checkpoint=<name>/` (name: the file name without its extension), with `run.tags.checkpoint`
+set to that name; then writes `<out>/sweep.parquet` (one history row per checkpoint,
+stats.history's columns) and `<out>/sweep.html` (the trend plots against the checkpoint's step,
+the last number in its name): the paper's question, when in training memorization starts.
+
+What the checkpoints share: the config, its validation, one Ray instance, and the source
+listing (sources are listed and their ids checked once per checkpoint, a few requests per file).
+Target decoding is not shared: each audit's actors decode their shards again, since an actor
+holds one generator and decoded targets are not kept between audits. Each checkpoint's output
+resumes on its own, so a re-submitted sweep runs only what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import posixpath
+from typing import Any
+
+from . import storage
+from .config import AuditConfig, ConfigError
+
+log = logging.getLogger("memaudit")
+SWEEP_FIELDS = ("torchscript", "checkpoint", "pickle")
+
+
+def sweep_field(config: AuditConfig) -> str | None:
+    """The generator field that holds a glob of checkpoints, or None for a single-checkpoint audit."""
+    for name in SWEEP_FIELDS:
+        value = getattr(config.generator, name, None)
+        if isinstance(value, str) and storage.is_glob(value):
+            return name
+    return None
+
+
+def checkpoints(config: AuditConfig) -> list[tuple[str, str]]:
+    """(name, url) of each file the generator glob matches, sorted by name; [] when it is no glob.
+
+    Raises:
+        ConfigError: the glob matches no file, or two files have the same name without extension.
+    """
+    field = sweep_field(config)
+    if field is None:
+        return []
+    pattern = getattr(config.generator, field)
+    fs, path = storage.filesystem(pattern, config.storage.endpoint_url)
+    found = sorted(p for p in storage.retrying(lambda: fs.glob(path), f"listing {pattern}") if not fs.isdir(p))
+    if not found:
+        raise ConfigError(f"generator.{field}: the glob {pattern!r} matches no file")
+    named = [(checkpoint_name(p), storage.with_protocol(pattern, p)) for p in found]
+    names = [n for n, _ in named]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ConfigError(f"generator.{field}: several files of {pattern!r} are named {duplicated[0]!r} "
+                          "without their extension; a sweep names each output after its checkpoint")
+    return sorted(named)
+
+
+def checkpoint_name(path: str) -> str:
+    """A checkpoint's name: its file name without the extension ("ckpt-025000.pt" -> "ckpt-025000")."""
+    base = posixpath.basename(path.rstrip("/"))
+    return base.rsplit(".", 1)[0] if "." in base[1:] else base
+
+
+def checkpoint_config(config: AuditConfig, name: str, url: str) -> AuditConfig:
+    """The config of one checkpoint's audit: its file, its own output under the sweep's, its checkpoint tag."""
+    field = sweep_field(config)
+    generator = dataclasses.replace(config.generator, **{field: url})
+    changes: dict[str, Any] = {"generator": generator, "output": checkpoint_output(config.output, name)}
+    run = config.run
+    changes["run"] = dataclasses.replace(run, model=sweep_model(config),
+                                         tags={**dict(run.tags or {}), "checkpoint": name})
+    return dataclasses.replace(config, **changes)
+
+
+def sweep_model(config: AuditConfig) -> str:
+    """The model every checkpoint of a sweep is recorded under: run.model, else the checkpoints' folder name
+    (one model for all of them, so the history shows one trend, not one model per checkpoint)."""
+    if config.run.model:
+        return config.run.model
+    pattern = getattr(config.generator, sweep_field(config) or "torchscript")
+    return posixpath.basename(posixpath.dirname(str(pattern).rstrip("/"))) or "sweep"
+
+
+def checkpoint_output(out: str, name: str) -> str:
+    return storage.join(out, f"checkpoint={name}")
+
+
+def write_sweep(config: AuditConfig, done: list[tuple[str, str]]) -> str | None:
+    """sweep.parquet and sweep.html under the sweep's output, from the finished checkpoints' outputs."""
+    if not done:
+        return None
+    import pyarrow as pa
+
+    from stats.history import history_row
+    from stats.history_report import render_history
+    from stats.io import parquet_bytes
+
+    endpoint = config.storage.endpoint_url
+    model = sweep_model(config)
+    table = pa.concat_tables([
+        history_row(url, storage_options=storage.storage_options(url, endpoint), model=model,
+                    tags={**dict(config.run.tags or {}), "checkpoint": name})
+        for name, url in done])
+    storage.put_atomic(storage.join(config.output, "sweep.parquet"), parquet_bytes(table), endpoint)
+    page = render_history(table, title=f"memaudit checkpoint sweep: {model}", gap_threshold=config.stats.gap_threshold)
+    url = storage.join(config.output, "sweep.html")
+    storage.put_atomic(url, page.encode("utf-8"), endpoint)
+    return url
+
+
+def run_sweep(config: AuditConfig, found: list[tuple[str, str]], *, fail_on: str | None, **run_options: Any) -> int:
+    """One audit per checkpoint (jobs.driver.run_audit with run_options), each appended to output.history when
+    set, then sweep.parquet and sweep.html; returns the worst exit code (worst())."""
+    from .driver import run_audit
+    from .tracking import exit_code, record_or_fail
+
+    codes, done = [], []
+    for i, (name, url) in enumerate(found, 1):
+        one = checkpoint_config(config, name, url)
+        log.info("checkpoint %d of %d: %s -> %s", i, len(found), name, one.output)
+        outcome = run_audit(one, **run_options)
+        codes.append(record_or_fail(one, outcome, exit_code(outcome, fail_on)))
+        if outcome.reduction is not None:
+            done.append((name, one.output))
+    page = write_sweep(config, done)
+    if page:
+        log.info("sweep: %d of %d checkpoints audited; %s", len(done), len(found), page)
+    return worst(codes)
+
+
+def worst(codes: list[int]) -> int:
+    """One exit code for the sweep: an error (1) first, then memorization (3), inconclusive (4), else 0."""
+    for code in (1, 3, 4):
+        if code in codes:
+            return code
+    return max(codes, default=0)
+
+
+def describe(found: list[tuple[str, str]]) -> str:
+    if not found:
+        raise ConfigError("sweep: no checkpoints")
+    return f"checkpoint sweep over {len(found)} files: " + ", ".join(n for n, _ in found)
