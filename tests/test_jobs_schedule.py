@@ -114,3 +114,18 @@ def test_errors_come_before_the_verdict_and_a_failed_append_is_1(tmp_path):
     config = load_config(write_yaml(tmp_path / "audit.yaml", raw))
     # The output holds no run.json, so the row cannot be built: the audit "finished" but is not recorded.
     assert record_or_fail(config, Outcome(0, {}, reduction), 3) == 1
+
+
+def test_memaudit_dispatches_history_and_compare(tmp_path, capsys):
+    from jobs.cli import main as memaudit
+    from stats.history import append, history_row
+    from tests._outputs import errors, write_output
+
+    a = write_output(str(tmp_path / "a"), errors(1.5, 0), finished="2026-12-01T00:00:00+00:00", run={"model": "glo"})
+    b = write_output(str(tmp_path / "b"), errors(0.0, 1), finished="2026-12-02T00:00:00+00:00", run={"model": "glo"})
+    for out in (a, b):
+        append(history_row(out), str(tmp_path / "history"))
+    assert memaudit(["history", str(tmp_path / "history")]) == 0
+    assert "model glo: 2 runs" in capsys.readouterr().out
+    assert memaudit(["compare", a, b]) == 0
+    assert "MRE-gap change B - A" in capsys.readouterr().out
