@@ -33,3 +33,67 @@ def test_log_lines_are_redacted(caplog):
     with caplog.at_level(logging.INFO, logger="memaudit.test_redact"):
         logger.info("reading %s", SIGNED)
     assert caplog.records and "abc123" not in caplog.records[-1].getMessage()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# End to end: a generator behind a pre-signed-style URL (a loopback HTTP server ignores the query string).
+
+import functools  # noqa: E402
+import http.server  # noqa: E402
+import shutil  # noqa: E402
+import threading  # noqa: E402
+
+import pytest  # noqa: E402
+from conftest import tiny_config, write_yaml  # noqa: E402
+
+TOKEN = "SIGxyz987secret"
+
+
+@pytest.fixture(scope="module")
+def http_models(tmp_path_factory, tiny_generator):
+    """http://127.0.0.1:<port>/ serving a folder that holds tiny.pt."""
+    root = tmp_path_factory.mktemp("served")
+    shutil.copy(tiny_generator, root / "tiny.pt")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # noqa: D401 - keep the test output clean
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _audit(tmp_path, tiny_data, generator_url, capsys):
+    from jobs.audit import main
+
+    raw = tiny_config(f"{generator_url}?X-Amz-Signature={TOKEN}&X-Amz-Credential=AKIA{TOKEN}", targets={
+        "train": [{"uri": str(tiny_data / "train.parquet"), "image_column": "image", "id_column": "id"}],
+        "val": [str(tiny_data / "val" / "*.png")], "generated": {"count": 4, "seed": 0}})
+    code = main(["--config", str(write_yaml(tmp_path / "audit.yaml", raw)), "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+@pytest.mark.slow
+def test_a_signed_generator_url_never_reaches_run_json_report_or_log(ray_local, http_models, tiny_data, tmp_path, capsys):
+    code, logged = _audit(tmp_path, tiny_data, f"{http_models}/tiny.pt", capsys)
+    assert code == 0, logged
+    for name in ("run.json", "report.html"):
+        text = (tmp_path / "out" / name).read_text()
+        assert TOKEN not in text, name
+    assert f"{http_models}/tiny.pt?{REDACTED}" in (tmp_path / "out" / "run.json").read_text()  # the location stays
+    assert TOKEN not in logged
+
+
+def test_a_signed_url_in_an_error_is_redacted(http_models, tiny_data, tmp_path, capsys):
+    code, logged = _audit(tmp_path, tiny_data, f"{http_models}/missing.pt", capsys)
+    assert code == 2 and "missing.pt" in logged and TOKEN not in logged
+
+
+def test_a_query_string_is_not_a_glob_on_http_but_a_question_mark_is_one_elsewhere():
+    from jobs.storage import is_glob
+
+    assert not is_glob(f"https://host/models/g.pt?X-Amz-Signature={TOKEN}")
+    assert is_glob("https://host/models/*.pt?sig=1") and is_glob("data/img-??.png") and is_glob("s3://b/[ab].pt")
