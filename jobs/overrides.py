@@ -17,9 +17,24 @@ import yaml
 from .errors import ConfigError
 from .storage import resolve_local
 
-PATH_KEYS = (("generator", "torchscript"), ("generator", "checkpoint"), ("recovery", "feature_net"), ("output",))
+PATH_KEYS = (("generator", "torchscript"), ("generator", "checkpoint"), ("recovery", "feature_net"), ("output",),
+             ("generator", "pickle"), ("generator", "torchscript", "mapping"), ("generator", "torchscript", "synthesis"),
+             ("discriminator", "torchscript"), ("discriminator", "checkpoint"), ("discriminator", "pickle"),
+             ("features", "net"))
 PATH_KEYS += (("output", "path"), ("output", "history"))  # output: {path, history} (issue 14)
 TARGET_KEYS = ("generated", "limit", "limit_seed", "shard_size", "upscale")  # reserved under targets; every other key is a split
+
+
+class NoAliasLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses aliases (`*name`): an audit config never needs them, and nested aliases
+    ("billion laughs") expand to more objects than memory holds while the file stays a few hundred bytes."""
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"aliases (*{event.anchor}) are not allowed in an audit config "
+                                 f"(line {event.start_mark.line + 1}); write the value out")
+        return super().compose_node(parent, index)
 
 
 def read_raw(path: Path, *, overrides: list[str] | tuple[str, ...], out: str | None, cwd: str, default_output: str,
@@ -31,7 +46,7 @@ def read_raw(path: Path, *, overrides: list[str] | tuple[str, ...], out: str | N
     except OSError as exc:
         raise ConfigError(f"config: cannot read {str(path)!r}: {exc.strerror or exc}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=NoAliasLoader)  # noqa: S506 - a SafeLoader without anchors/aliases
     except yaml.YAMLError as exc:
         raise ConfigError(f"config: {path} is not valid YAML: {exc}") from None
     if raw is None:
@@ -86,7 +101,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {item!r}: expected dotted.key=value, e.g. recovery.iterations=20")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = yaml.load(text, Loader=NoAliasLoader) if text.strip() else None  # noqa: S506
     except yaml.YAMLError as exc:
         raise ConfigError(f"{key}: cannot parse {text!r} as a YAML value: {exc}") from None
     return key, value

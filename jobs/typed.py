@@ -12,6 +12,7 @@ recovery's and stats' own errors already name their field and are re-raised as C
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Iterable, Mapping
@@ -19,6 +20,7 @@ from typing import Any, Iterable, Mapping
 from recovery.errors import RecoveryError
 
 from .errors import ConfigError
+from .limits import bound
 
 
 def fields(cls: type) -> dict[str, dataclasses.Field]:
@@ -84,16 +86,27 @@ def _bool(value: Any, at: str) -> bool:
 
 def _int(value: Any, at: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{at}: expected an integer, got {shown(value)}")
-    return value
+        if not (isinstance(value, float) and math.isfinite(value) and value.is_integer()):
+            raise ConfigError(f"{at}: expected an integer, got {shown(value)}")
+        value = int(value)
+    return _bounded(value, at, integer=True)
 
 
 def _float(value: Any, at: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{at}: expected a number, got {shown(value)}")
-    return float(value)
+    if not math.isfinite(value):
+        raise ConfigError(f"{at}: expected a finite number, got {value}")
+    return _bounded(float(value), at, integer=False)
+
+
+def _bounded(value: int | float, at: str, *, integer: bool) -> Any:
+    """Refuse a value above the field's documented upper bound (jobs.limits), naming both."""
+    top = bound(at, integer=integer)
+    if value > top:
+        raise ConfigError(f"{at}: {value:g} is above the limit of {top:g} (README, Limits); "
+                          "a value that large is almost certainly a typo")
+    return value
 
 
 def _str(value: Any, at: str) -> str:
