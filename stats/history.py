@@ -52,7 +52,7 @@ SPLIT_TYPE = pa.struct([
 # The columns of every history file; `model` is not among them: it is the partition (model=<name>/).
 HISTORY_SCHEMA = pa.schema([
     pa.field("run_id", pa.string(), nullable=False),
-    pa.field("date", pa.timestamp("s", tz="UTC")),  # when the run finished
+    pa.field("date", pa.timestamp("s", tz="UTC")),  # when the run first finished (run.json invocations)
     pa.field("checkpoint", pa.string()),  # run.tags.checkpoint, the trend plots' other x axis
     pa.field("tags", pa.map_(pa.string(), pa.string())),  # run.tags
     pa.field("output", pa.string()),
@@ -129,7 +129,7 @@ def history_row(
     pair = _first_pair(tests, info)
     row = {
         "run_id": run_id(out_url, fingerprint),
-        "date": _date(info.get("finished") or info.get("started")),
+        "date": _date(_first_done(info)),
         "checkpoint": tags.get("checkpoint"),
         "tags": list(tags.items()),
         "output": out_url,
@@ -314,6 +314,12 @@ def _stem(url: str | None) -> str | None:
         return None
     base = posixpath.basename(url.rstrip("/"))
     return base.split(".", 1)[0] or None
+
+
+def _first_done(info: dict[str, Any]) -> Any:
+    """When the run first finished: a resubmitted run reduces again, but its point in a trend stays put."""
+    done = [i.get("finished") for i in info.get("invocations") or [] if isinstance(i, dict) and i.get("status") == "done"]
+    return next((d for d in done if d), None) or info.get("finished") or info.get("started")
 
 
 def _date(text: Any) -> dt.datetime | None:

@@ -103,3 +103,15 @@ def test_history_command_prints_the_runs_and_writes_the_trend_page(two_runs, tmp
     assert read_history(history).num_rows == 2  # the page beside the dataset is not a run
     assert history_main([str(tmp_path / "nothing")]) == 2
     assert "no runs" in capsys.readouterr().err
+
+
+def test_a_resubmitted_run_keeps_the_date_it_first_finished(tmp_path):
+    import json
+
+    out = write_output(str(tmp_path / "a"), errors(0.0, 4), finished="2026-12-05T00:00:00+00:00")
+    info = json.loads((tmp_path / "a" / "run.json").read_text())
+    info["invocations"] = [{"status": "partial", "finished": "2026-12-01T00:00:00+00:00"},
+                           {"status": "done", "finished": "2026-12-02T00:00:00+00:00"},
+                           {"status": "done", "finished": "2026-12-05T00:00:00+00:00"}]
+    (tmp_path / "a" / "run.json").write_text(json.dumps(info))
+    assert history_row(out).column("date")[0].as_py().isoformat() == "2026-12-02T00:00:00+00:00"
