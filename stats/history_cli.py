@@ -53,7 +53,10 @@ def history_main(argv: Sequence[str] | None = None) -> int:
         name = f"history-{quote(args.model, safe='')}.html" if args.model else "history.html"
         page = args.html or posixpath.join(args.url.rstrip("/"), name)
         fs, path = stats_io.open_output(page, options)
-        stats_io.atomic_write(fs, path, render_history(history).encode("utf-8"))
+        try:
+            stats_io.atomic_write(fs, path, render_history(history).encode("utf-8"))
+        except OSError as exc:  # a read-only history: the table is printed; say where else the page can go
+            raise StatsError(f"cannot write the history page {page} ({exc}); choose another place with --html") from None
         print(f"\nhistory page: {page}")
 
     return _main(history_parser(), argv, run, lambda a: [a.url] + ([a.html] if a.html else []))

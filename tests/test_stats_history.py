@@ -115,3 +115,13 @@ def test_a_resubmitted_run_keeps_the_date_it_first_finished(tmp_path):
                            {"status": "done", "finished": "2026-12-05T00:00:00+00:00"}]
     (tmp_path / "a" / "run.json").write_text(json.dumps(info))
     assert history_row(out).column("date")[0].as_py().isoformat() == "2026-12-02T00:00:00+00:00"
+
+
+def test_a_read_only_history_still_prints_and_names_the_page_problem(two_runs, tmp_path, capsys):
+    history = tmp_path / "history"
+    append(history_row(two_runs[0]), str(history))
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert history_main([str(history), "--html", str(blocker / "page.html")]) == 2
+    captured = capsys.readouterr()
+    assert "model glo: 1 run" in captured.out and "choose another place with --html" in captured.err
