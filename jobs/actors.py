@@ -240,6 +240,14 @@ class AuditActor:
         pq.write_table(samples, buf)
         return buf.getvalue().to_pybytes()
 
+    def detector_task(self, name: str, *args):
+        """A companion detectors' task (jobs.features.TASKS: features of a shard, kNN of a train block, pairs)."""
+        from .features import TASKS
+
+        if self.error is not None:
+            raise self.error
+        return TASKS[name](self, *args)
+
     def ping(self) -> bool:
         return True
 

@@ -28,6 +28,7 @@ from fsspec.core import split_protocol
 from recovery.settings import GeneratorSpec, RecoverySettings
 
 from . import storage
+from .detector_config import FeaturesConfig, check_detectors
 from .errors import ConfigError
 from .fingerprint import settings_hash
 from .overrides import TARGET_KEYS, read_raw
@@ -219,6 +220,8 @@ class AuditConfig:
     storage: StorageConfig = StorageConfig()
     history: str | None = None  # output.history: the Parquet dataset each finished run appends its row to (issue 14)
     run: RunConfig = RunConfig()  # run: {model, tags}, recorded with the run
+    detectors: tuple[str, ...] = ("recovery",)  # issue 12: recovery plus companions (jobs.detector_config)
+    features: FeaturesConfig = FeaturesConfig()  # the companions' feature space and kNN
     base_dir: str = "."
     config_path: str | None = None
 
@@ -242,6 +245,8 @@ class AuditConfig:
             "job": plain(self.job),
             "output": self.output,
             "storage": plain(self.storage),
+            "detectors": list(self.detectors),
+            "features": plain(self.features),
             "history": self.history,
             "run": plain(self.run),
         }
@@ -250,7 +255,8 @@ class AuditConfig:
         return out
 
 
-SECTIONS = ("generator", "targets", "recovery", "resources", "stats", "job", "output", "storage")
+SECTIONS = ("generator", "targets", "recovery", "resources", "stats", "job", "output", "storage", "detectors",
+            "features")
 
 
 SECTIONS += ("run",)  # issue 14: run: {model, tags} (RunConfig)
@@ -320,6 +326,8 @@ def build_config(raw: Mapping, *, base_dir: str, config_path: str | None = None)
         resources=convert(ResourcesConfig, raw.get("resources") or {}, "resources"),
         job=convert(JobConfig, raw.get("job") or {}, "job"),
         storage=convert(StorageConfig, raw.get("storage") or {}, "storage"),
+        detectors=check_detectors(raw.get("detectors", ["recovery"])),
+        features=convert(FeaturesConfig, raw.get("features") or {}, "features"),
         base_dir=base_dir,
         config_path=config_path,
     )
@@ -405,7 +413,8 @@ def _targets(raw: Any) -> TargetsConfig:
 def _check_locations(config: AuditConfig) -> None:
     """memory:// lives in one process; Ray actors would see an empty store."""
     places = [("generator.torchscript", config.generator.torchscript), ("generator.checkpoint", config.generator.checkpoint),
-              ("recovery.feature_net", config.feature_net), ("output", config.output)]
+              ("recovery.feature_net", config.feature_net), ("features.net", config.features.net),
+              ("output", config.output)]
     places += [(f"targets.{s}[{i}].uri", src.uri) for s, srcs in config.targets.splits.items() for i, src in enumerate(srcs)]
     for name, url in places:
         if url and split_protocol(url)[0] == "memory":

@@ -17,6 +17,7 @@ from typing import Any
 
 from . import outputs, samples, storage
 from .config import GENERATED, AuditConfig
+from .detectors import run_detectors
 from .dispatch import AuditActors, run_shards
 from .errors import ConfigError, JobError
 from .plan import Plan, make_plan
@@ -167,7 +168,9 @@ def _reduce(pool: AuditActors, config: AuditConfig, plan: Plan, info: dict, t0: 
         info["refused"] = message
         return _finish(info, config, t0, "refused", 1)
     log.info("reducing %d results and %d rejects with stats", results.num_rows, 0 if rejects is None else rejects.num_rows)
-    reduction = stats.reduce(results, rejects, settings=config.stats)
+    companions = run_detectors(pool, config, plan, results)  # None unless `detectors` lists companions (issue 12)
+    reduction = stats.reduce(results, rejects, settings=config.stats,
+                             detectors=None if companions is None else companions.detectors)
     rendered = samples.render(pool, config, plan, results, reduction.ranking)
     if rendered is not None:
         storage.put_atomic(outputs.file_url(out, "samples.parquet"), rendered, endpoint)
@@ -175,7 +178,8 @@ def _reduce(pool: AuditActors, config: AuditConfig, plan: Plan, info: dict, t0: 
     info["verdict"] = stats.reduction.verdict_dict(reduction.verdict)
     info["timing_s"]["reduce_and_report"] = round(time.time() - started, 3)
     info = finished(info, t0, "done")
-    html = stats.render_report(reduction, results=results, rejects=rejects, samples=rendered, run_info=info)
+    html = stats.render_report(reduction, results=results, rejects=rejects, samples=rendered, run_info=info,
+                               companions=companions)
     stats.write_outputs(out, reduction, html, storage_options=options)
     outputs.write_run_info(out, info, endpoint)
     log.info("summary:\n%s", stats.format_summary(reduction))

@@ -29,7 +29,8 @@ SHARD_KEY = b"memaudit.shard"
 # Everything memaudit writes under <out>: --overwrite removes these and nothing else.
 OWN_FILES = ("run.json", "samples.parquet", "summary.parquet", "tests.parquet", "histograms.parquet", "ranking.parquet",
              "report.html")
-OWN_DIRS = ("results", "rejects")
+OWN_DIRS = ("results", "rejects", "features")  # features/: the companion detectors' parts (issue 12)
+OWN_FILES += ("neighbours.parquet", "detectors.parquet", "ct_cells.parquet", "birthday.parquet", "pairs.parquet")
 
 REJECTS_SCHEMA = pa.schema([
     ("image_id", pa.string()),
