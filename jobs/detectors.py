@@ -55,19 +55,20 @@ def run_detectors(pool, config, plan, results: pa.Table):
     started = time.time()
     out, endpoint, features = config.output, config.storage.endpoint_url, config.features
     train_split, reference = config.stats.pairs[0]
-    fkey = features_key(plan.fingerprint, features)
+    fkey = features_key(plan.fingerprint, features, config.identity(features.net) if features.net else None)
     wanted = [s for s in plan.shards if s.split in (train_split, reference, GENERATED)]
     urls = {s.id: features_url(out, fkey, s.split, s.id) for s in wanted}
-    todo = [s for s in wanted if not storage.exists(urls[s.id], endpoint)]
+    present = _present(storage.join(out, "features", fkey), endpoint)  # one listing, not a request per part
+    todo = [s for s in wanted if _tail(urls[s.id]) not in present]
     log.info("detectors %s: features (%s) of %d shards, %d already computed", ", ".join(selected), features.name,
              len(wanted), len(wanted) - len(todo))
     _dispatch(pool, config, [("features", (s, fkey)) for s in todo])
     train = [urls[s.id] for s in wanted if s.split == train_split]
     queries = tuple(urls[s.id] for s in wanted if s.split != train_split)
-    kkey = knn_key(fkey, features)
+    kkey = knn_key(fkey, features, "mifid" in selected)
     blocks = _blocks([s for s in wanted if s.split == train_split], train, queries, features.train_block)
     parts = {b.id: knn_url(out, fkey, kkey, b.id) for b in blocks}
-    todo_blocks = [b for b in blocks if not storage.exists(parts[b.id], endpoint)]
+    todo_blocks = [b for b in blocks if _tail(parts[b.id]) not in present]
     log.info("detectors: k=%d nearest train images by %s, %d train blocks (%d already computed)", features.k,
              features.metric, len(blocks), len(blocks) - len(todo_blocks))
     _dispatch(pool, config, [("knn", (b, parts[b.id])) for b in todo_blocks])
@@ -89,6 +90,21 @@ def run_detectors(pool, config, plan, results: pa.Table):
     fired = [r["detector"] for r in found.table.to_pylist() if r["fired"]]
     log.info("detectors done in %.1fs; fired: %s", time.time() - started, ", ".join(fired) or "none")
     return files
+
+
+def _present(prefix: str, endpoint: str | None) -> set[str]:
+    """The parts under a features folder, as their last two path components (split=<s>/part-<id>.parquet)."""
+    fs, path = storage.filesystem(prefix, endpoint)
+    fs.invalidate_cache(path)
+    try:
+        found = storage.retrying(lambda: fs.find(path), f"listing {prefix}")
+    except FileNotFoundError:
+        return set()
+    return {_tail(p) for p in found if p.endswith(".parquet")}
+
+
+def _tail(url: str) -> str:
+    return "/".join(url.rstrip("/").split("/")[-2:])
 
 
 def _blocks(shards: list, urls: list[str], queries: tuple[str, ...], rows: int) -> list[KnnBlock]:

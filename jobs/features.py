@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -48,13 +48,15 @@ class ImageRef:
     row: int
 
 
-def features_key(fingerprint: str, features: Any) -> str:
-    space = {k: v for k, v in asdict(features).items() if k in ("space", "net", "crop")}
+def features_key(fingerprint: str, features: Any, net_identity: str | None) -> str:
+    """The features' folder: the run's fingerprint and the space (the net by its identity, as in fingerprints)."""
+    space = {"space": features.space, "crop": features.crop, "net": net_identity}
     return _hash({"fingerprint": fingerprint, "features": space})
 
 
-def knn_key(fkey: str, features: Any) -> str:
-    return _hash({"features": fkey, "k": features.k, "metric": features.metric, "train_block": features.train_block})
+def knn_key(fkey: str, features: Any, mifid: bool) -> str:
+    return _hash({"features": fkey, "k": features.k, "metric": features.metric, "train_block": features.train_block,
+                  "mifid": mifid})
 
 
 def _hash(payload: dict) -> str:
@@ -169,7 +171,8 @@ def run_knn(actor, block: KnnBlock, url: str) -> int:
         found_d, found_i, mifid = np.full((len(q), k), np.inf), np.full((len(q), k), -1), np.ones(len(q))
     else:
         found = knn(torch.from_numpy(q), torch.from_numpy(t), k=k, metric=features.metric,
-                    query_block=features.query_block, train_block=features.train_block, device=actor.generator.device)
+                    mifid="mifid" in actor.config.detectors,  # a pass over every tile: only when asked
+                    query_block=features.query_block, device=actor.generator.device)
         found_d, found_i, mifid = found.distances.numpy(), found.indices.numpy(), found.mifid_distance.numpy()
     train_ids = np.array(train.column("image_id").to_pylist() + [None], dtype=object)
     part = pa.table({
