@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
         from .driver import run_audit
 
         if found:
-            return run_sweep(config, found, fail_on=args.fail_on, overwrite=args.overwrite, max_shards=args.max_shards,
-                             local=started_ray, address=address)
+            return run_sweep(config, found, plan=plan, fail_on=args.fail_on, overwrite=args.overwrite,
+                             max_shards=args.max_shards, local=started_ray, address=address)
         outcome = run_audit(config, plan=plan, overwrite=args.overwrite, max_shards=args.max_shards,
                             local=started_ray, address=address)
         return record_or_fail(config, outcome, exit_code(outcome, args.fail_on))

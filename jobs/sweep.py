@@ -9,8 +9,9 @@ set to that name; then writes `<out>/sweep.parquet` (one history row per checkpo
 stats.history's columns) and `<out>/sweep.html` (the trend plots against the checkpoint's step,
 the last number in its name): the paper's question, when in training memorization starts.
 
-What the checkpoints share: the config, its validation, one Ray instance, and the source
-listing (sources are listed and their ids checked once per checkpoint, a few requests per file).
+What the checkpoints share: the config and its validation, one Ray instance, and the plan: the
+sources are listed, their rows selected, their ids checked and the shards cut once (at 10^7 rows
+that is most of the driver's own work); each checkpoint's plan differs only in its fingerprint.
 Target decoding is not shared: each audit's actors decode their shards again, since an actor
 holds one generator and decoded targets are not kept between audits. Each checkpoint's output
 resumes on its own, so a re-submitted sweep runs only what is missing.
@@ -23,8 +24,12 @@ import logging
 import posixpath
 from typing import Any
 
+from fsspec.core import split_protocol
+
 from . import storage
 from .config import AuditConfig, ConfigError
+from .fingerprint import fingerprint
+from .plan import Plan, make_plan
 
 log = logging.getLogger("memaudit")
 SWEEP_FIELDS = ("torchscript", "checkpoint", "pickle")
@@ -34,9 +39,18 @@ def sweep_field(config: AuditConfig) -> str | None:
     """The generator field that holds a glob of checkpoints, or None for a single-checkpoint audit."""
     for name in SWEEP_FIELDS:
         value = getattr(config.generator, name, None)
-        if isinstance(value, str) and storage.is_glob(value):
+        if isinstance(value, str) and is_glob(value):
             return name
     return None
+
+
+def is_glob(url: str) -> bool:
+    """Whether a generator location is a glob of checkpoints. On http(s) a '?' starts the query string (a
+    pre-signed URL's signature), not a wildcard: only '*' and '[' in the path make a glob there (issue 15)."""
+    protocol, path = split_protocol(url)
+    if protocol in ("http", "https"):
+        return any(c in path.split("?", 1)[0] for c in "*[")
+    return any(c in url for c in "*?[")
 
 
 def checkpoints(config: AuditConfig) -> list[tuple[str, str]]:
@@ -115,17 +129,22 @@ def write_sweep(config: AuditConfig, done: list[tuple[str, str]]) -> str | None:
     return url
 
 
-def run_sweep(config: AuditConfig, found: list[tuple[str, str]], *, fail_on: str | None, **run_options: Any) -> int:
+def run_sweep(config: AuditConfig, found: list[tuple[str, str]], *, plan: Plan | None = None, fail_on: str | None,
+              **run_options: Any) -> int:
     """One audit per checkpoint (jobs.driver.run_audit with run_options), each appended to output.history when
-    set, then sweep.parquet and sweep.html; returns the worst exit code (worst())."""
+    set, then sweep.parquet and sweep.html; returns the worst exit code (worst()).
+
+    plan: the first checkpoint's plan when the caller has made it; every checkpoint reuses its listing.
+    """
     from .driver import run_audit
     from .tracking import exit_code, record_or_fail
 
+    plan = plan or make_plan(checkpoint_config(config, *found[0]))
     codes, done = [], []
     for i, (name, url) in enumerate(found, 1):
         one = checkpoint_config(config, name, url)
         log.info("checkpoint %d of %d: %s -> %s", i, len(found), name, one.output)
-        outcome = run_audit(one, **run_options)
+        outcome = run_audit(one, plan=checkpoint_plan(plan, one), **run_options)
         codes.append(record_or_fail(one, outcome, exit_code(outcome, fail_on)))
         if outcome.reduction is not None:
             done.append((name, one.output))
@@ -133,6 +152,11 @@ def run_sweep(config: AuditConfig, found: list[tuple[str, str]], *, fail_on: str
     if page:
         log.info("sweep: %d of %d checkpoints audited; %s", len(done), len(found), page)
     return worst(codes)
+
+
+def checkpoint_plan(plan: Plan, config: AuditConfig) -> Plan:
+    """A plan for another checkpoint of the same sweep: the same listing and shards, this config's fingerprint."""
+    return dataclasses.replace(plan, fingerprint=fingerprint(config, plan.listings))
 
 
 def worst(codes: list[int]) -> int:

@@ -129,3 +129,23 @@ def test_memaudit_dispatches_history_and_compare(tmp_path, capsys):
     assert "model glo: 2 runs" in capsys.readouterr().out
     assert memaudit(["compare", a, b]) == 0
     assert "MRE-gap change B - A" in capsys.readouterr().out
+
+
+def test_checkpoints_share_one_listing_and_keep_their_own_fingerprint(tmp_path):
+    from jobs.plan import make_plan
+    from jobs.sweep import checkpoint_config, checkpoint_plan, checkpoints
+
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    for name, model in (("a-10.pt", "glo-1200.pt"), ("a-20.pt", "glo-64.pt")):
+        shutil.copy(ASSETS / "models" / model, folder / name)
+    config = load_config(write_yaml(tmp_path / "audit.yaml", digits_config(tmp_path, str(folder / "a-*.pt"))))
+    found = checkpoints(config)
+    assert [n for n, _ in found] == ["a-10", "a-20"]
+    first = make_plan(checkpoint_config(config, *found[0]))
+    second = checkpoint_config(config, *found[1])
+    assert second.output.endswith("/checkpoint=a-20")
+    shared = checkpoint_plan(first, second)
+    fresh = make_plan(second)
+    assert shared.fingerprint == fresh.fingerprint != first.fingerprint
+    assert shared.shards == fresh.shards
