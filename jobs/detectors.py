@@ -25,7 +25,8 @@ import pyarrow.compute as pc
 
 from . import storage
 from .config import GENERATED
-from .features import ImageRef, KnnBlock, features_key, features_url, knn_key, knn_url, read_table, to_bytes, to_matrix
+from .features import (ImageRef, KnnBlock, features_key, features_url, knn_key, knn_url, read_features, read_table,
+                       to_bytes, to_matrix)
 
 log = logging.getLogger("memaudit")
 
@@ -128,9 +129,9 @@ def _load_features(config, by_split: dict[str, list[str]], train: list[str], *, 
     endpoint = config.storage.endpoint_url
     loaded = {}
     for split, urls in by_split.items():
-        table = pa.concat_tables([read_table(u, endpoint) for u in urls]) if urls else None
-        if table is not None and table.num_rows:
-            loaded[split] = (table.column("image_id").to_pylist(), to_matrix(table))
+        ids, _, matrix = read_features(urls, endpoint)
+        if ids:
+            loaded[split] = (ids, matrix)
     if train_rows <= 0 or not train:
         return loaded
     rng = np.random.default_rng(config.stats.seed)

@@ -90,6 +90,19 @@ def features_table(ids: list[str], split: str, feats: np.ndarray) -> pa.Table:
                      pa.array([[]] * len(ids), pa.list_(pa.float32()))})
 
 
+def read_features(urls: list[str] | tuple[str, ...], endpoint: str | None) -> tuple[list[str], list[str], np.ndarray]:
+    """(image ids, splits, [N, D] float32) of feature parts; empty parts (every image of a shard rejected)
+    are skipped, so their column type does not matter."""
+    ids, splits, mats = [], [], []
+    for url in urls:
+        table = read_table(url, endpoint)
+        if table.num_rows:
+            ids += table.column("image_id").to_pylist()
+            splits += table.column("split").to_pylist()
+            mats.append(to_matrix(table))
+    return ids, splits, np.concatenate(mats) if mats else np.zeros((0, 0), np.float32)
+
+
 def to_matrix(table: pa.Table) -> np.ndarray:
     """A features table's `feature` column as [N, D] float32."""
     column = table.column("feature").combine_chunks()
@@ -163,9 +176,8 @@ def run_knn(actor, block: KnnBlock, url: str) -> int:
     from recovery.neighbours import knn
 
     features, endpoint = actor.config.features, actor.config.storage.endpoint_url
-    train = pa.concat_tables([read_table(u, endpoint) for u in block.train_parts])
-    queries = pa.concat_tables([read_table(u, endpoint) for u in block.query_parts])
-    t, q = to_matrix(train), to_matrix(queries)  # [T, D], [Q, D]
+    train_ids, _, t = read_features(block.train_parts, endpoint)  # [T, D]
+    query_ids, query_splits, q = read_features(block.query_parts, endpoint)  # [Q, D]
     k = features.k
     if len(t) == 0 or len(q) == 0:
         found_d, found_i, mifid = np.full((len(q), k), np.inf), np.full((len(q), k), -1), np.ones(len(q))
@@ -174,10 +186,10 @@ def run_knn(actor, block: KnnBlock, url: str) -> int:
                     mifid="mifid" in actor.config.detectors,  # a pass over every tile: only when asked
                     query_block=features.query_block, device=actor.generator.device)
         found_d, found_i, mifid = found.distances.numpy(), found.indices.numpy(), found.mifid_distance.numpy()
-    train_ids = np.array(train.column("image_id").to_pylist() + [None], dtype=object)
+    train_ids = np.array(train_ids + [None], dtype=object)
     part = pa.table({
-        "query_id": pa.array(np.repeat(queries.column("image_id").to_pylist(), k).tolist(), pa.string()),
-        "query_split": pa.array(np.repeat(queries.column("split").to_pylist(), k).tolist(), pa.string()),
+        "query_id": pa.array(np.repeat(np.array(query_ids, dtype=object), k).tolist(), pa.string()),
+        "query_split": pa.array(np.repeat(np.array(query_splits, dtype=object), k).tolist(), pa.string()),
         "train_id": pa.array(train_ids[found_i.reshape(-1)].tolist(), pa.string()),  # -1 -> None
         "distance": pa.array(found_d.reshape(-1).astype(np.float64)),
         "mifid_distance": pa.array(np.repeat(mifid, k).astype(np.float64)),
