@@ -11,6 +11,7 @@ from conftest import tiny_config, write_yaml
 from jobs import outputs
 from jobs.config import ConfigError, load_config
 from jobs.driver import run_audit
+from stats import report_from_output
 
 pytestmark = pytest.mark.slow
 
@@ -60,6 +61,10 @@ def test_detectors_end_to_end_with_reuse_of_the_features(ray_local, tiny_data, t
     assert second.exit_code == 0
     assert {p: p.stat().st_mtime_ns for p in parts} == stamps
     assert pq.read_table(out / "detectors.parquet").equals(detectors)
+
+    rebuilt = report_from_output(str(out))  # `memaudit report OUT` re-reads the detectors' files
+    assert rebuilt.verdict.reasons == first.reduction.verdict.reasons
+    assert '<section id="detectors">' in (out / "report.html").read_text()
 
     outputs.clear(str(out), None)  # what --overwrite does first: the detectors' files and parts go too
     assert not (out / "features").exists() and not (out / "detectors.parquet").exists()
