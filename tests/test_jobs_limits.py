@@ -50,3 +50,13 @@ def test_yaml_aliases_are_refused_with_their_line(tmp_path, tiny_generator):
         _load(tmp_path, tiny_generator, bomb)
     with pytest.raises(ConfigError, match="aliases"):
         _load(tmp_path, tiny_generator, overrides=["run.tags=[&x 1, *x]"])
+
+
+@pytest.mark.parametrize("glob, out", [("data/**/*.parquet", "data/audits/run-1"), ("data/*.parquet", "data")])
+def test_an_output_read_by_a_source_glob_is_refused(tmp_path, tiny_generator, glob, out):
+    (tmp_path / "data").mkdir()
+    raw = tiny_config(tiny_generator, targets={"train": [{"uri": str(tmp_path / glob), "image_column": "image",
+                                                          "id_column": "id"}]})
+    with pytest.raises(ConfigError, match=r"^output: .* is read by targets.train\[0\].uri"):
+        load_config(write_yaml(tmp_path / "audit.yaml", raw), out=str(tmp_path / out))
+    assert load_config(write_yaml(tmp_path / "audit.yaml", raw), out=str(tmp_path / "elsewhere")).output
