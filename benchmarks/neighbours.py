@@ -82,11 +82,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{'peak MB above inputs':>21}")
     for train, mifid in [(args.train // 4, 1), (args.train // 2, 1), (args.train, 1), (args.train, 0)]:
         cmd = [sys.executable, __file__, "--one", "--mifid", str(mifid), "--train", str(train), "--queries",
-               str(args.queries), "--dim", str(args.dim), "--threads", str(args.threads), "--device", args.device, "--query-block",
-               str(args.query_block), "--train-block", str(args.train_block)]
+               str(args.queries), "--dim", str(args.dim), "--threads", str(args.threads), "--device", args.device,
+               "--query-block", str(args.query_block), "--train-block", str(args.train_block)]
         r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-        print(f"{train:>9} {'yes' if mifid else 'no':>6} {r['seconds']:>8.2f} {r['knn_flops'] / 1e9:>8.1f} {r['matmul_flops'] / 1e9:>8.1f} "
-              f"{r['fraction']:>8.0%} {r['peak_above_inputs_mb']:>21.0f}")
+        print(f"{train:>9} {'yes' if mifid else 'no':>6} {r['seconds']:>8.2f} {r['knn_flops'] / 1e9:>8.1f} "
+              f"{r['matmul_flops'] / 1e9:>8.1f} {r['fraction']:>8.0%} {r['peak_above_inputs_mb']:>21.0f}")
     return 0
 
 

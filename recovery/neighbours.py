@@ -83,7 +83,8 @@ def knn(queries: torch.Tensor, train: torch.Tensor, *, k: int = 5, metric: str =
     if k < 1:
         raise RecoveryError(f"neighbours.k: must be >= 1, got {k}")
     if queries.dim() != 2 or train.dim() != 2 or queries.shape[1] != train.shape[1]:
-        raise RecoveryError(f"neighbours: features must be [N, D] with one D, got {list(queries.shape)} and {list(train.shape)}")
+        raise RecoveryError(f"neighbours: features must be [N, D] with one D, got {list(queries.shape)} and "
+                            f"{list(train.shape)}")
     device = torch.device(device) if device is not None else queries.device
     keep = k + SPARE if metric == "l2" else k
     out_d, out_i, out_c = [], [], []

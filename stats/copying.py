@@ -84,7 +84,8 @@ def ct_test(train: np.ndarray, held_out: np.ndarray, generated: np.ndarray, sett
     table = pa.Table.from_pylist(rows, schema=CELLS_SCHEMA)
     kept = [r for r in rows if r["kept"]]
     if not kept:
-        return skipped("ct", f"no cell of {len(centroids)} has {settings.ct_min_generated} generated images (ct_min_generated) "
+        return skipped("ct", f"no cell of {len(centroids)} has {settings.ct_min_generated} generated images "
+                             "(ct_min_generated) "
                              "and held-out images; lower ct_cells or add generated images"), table
     w = np.array([r["val_mass"] for r in kept])
     z = np.array([r["z_u"] for r in kept])
