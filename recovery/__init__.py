@@ -11,10 +11,11 @@ from .generators import LoadedGenerator, default_device, load_feature_net, load_
 from .encoder import Encoder, train_encoder
 from .images import to_png, to_target
 from .objective import target_shape
-from .recover import recover, render, sample_generated
-from .settings import GeneratorSpec, LatentSpec, OperatorSpec, RecoverySettings
+from .recover import generated_labels, recover, render, sample_generated
+from .settings import ClassesSpec, GeneratorSpec, LatentSpec, OperatorSpec, RecoverySettings
 
 __all__ = [
+    "ClassesSpec",
     "Encoder",
     "GeneratorSpec",
     "ImageError",
@@ -24,6 +25,7 @@ __all__ = [
     "RecoveryError",
     "RecoverySettings",
     "default_device",
+    "generated_labels",
     "load_feature_net",
     "load_generator",
     "recover",

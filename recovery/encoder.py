@@ -15,7 +15,6 @@ from torch import nn
 
 from .generators import LoadedGenerator
 from .objective import target_shape, to_audit_resolution
-from .priors import sample_prior
 from .settings import RecoverySettings
 
 WIDTH = 32  # channels of the first convolution; doubled at each halving, capped at 8x
@@ -56,9 +55,10 @@ def train_encoder(generator: LoadedGenerator, *, settings: RecoverySettings, ste
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
     encoder.train()
     for _ in range(steps):
-        z = sample_prior(latent, batch_size, gen).to(device)  # [B, *latent]
+        z = generator.draw(batch_size, gen).to(device)  # [B, *latent]: the searched space's prior (W: mapped draws)
+        labels = torch.randint(0, generator.num_classes, (batch_size,), generator=gen).to(device) if generator.num_classes else None
         with torch.no_grad():
-            x = to_audit_resolution(generator(z), shape)  # [B, C, H, W]
+            x = to_audit_resolution(generator(z, labels), shape)  # [B, C, H, W]
         loss = (encoder(x) - z.reshape(batch_size, dim)).square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

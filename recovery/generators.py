@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 import io
 from dataclasses import dataclass
 from typing import Callable
 
 import fsspec
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import RecoveryError
 from .models import BUILTINS
 from .priors import sample_prior
 from .settings import GeneratorSpec, LatentSpec
+from .style import StyleForward, StyleParts, is_style_based, load_pickle, measure, w_average
+
 
 
 def default_device() -> torch.device:
@@ -29,20 +33,76 @@ def default_device() -> torch.device:
 
 @dataclass
 class LoadedGenerator:
-    """A frozen generator in eval mode on one device, with its latent spec and measured output shape."""
+    """A frozen generator in eval mode on one device, with its latent spec and measured output shape.
+
+    For a style-based generator `module` is a StyleForward and `latent` is the searched space's (W: mapped prior);
+    `anchor` [D] is the search's extra first candidate (w_avg in W / W+). A conditional generator takes class
+    indices [B] (int64) as its second argument, encoded here as spec.classes says.
+    """
 
     module: nn.Module
     spec: GeneratorSpec
     output_shape: tuple[int, int, int]  # (C, H, W)
     device: torch.device
+    search_latent: LatentSpec | None = None
+    anchor: torch.Tensor | None = None  # [D] float32 on the CPU
 
     @property
     def latent(self) -> LatentSpec:
-        return self.spec.latent
+        return self.search_latent or self.spec.latent
 
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        # z: [B, *latent.shape] -> [B, C, H, W] in spec.output_range
-        return self.module(z)
+    @property
+    def num_classes(self) -> int:
+        return len(self.spec.classes.names) if self.spec.classes else 0
+
+    @property
+    def space(self) -> str:
+        return self.module.space if isinstance(self.module, StyleForward) else "z"
+
+    def encode(self, labels: torch.Tensor) -> torch.Tensor:
+        """Class indices [B] int64 -> what G takes: one-hot [B, K] float32, or the indices themselves."""
+        if self.spec.classes.encoding == "index":
+            return labels.long()
+        return F.one_hot(labels.long(), self.num_classes).float()
+
+    def __call__(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        # z: [B, *latent.shape], labels: [B] int64 class indices (conditional only) -> [B, C, H, W] in spec.output_range
+        if not self.num_classes:
+            return self.module(z) if labels is None else _unconditional(self)
+        if labels is None:
+            raise RecoveryError("generator.classes: a conditional generator needs a class per image")
+        c = self.encode(labels.to(z.device))
+        return self.module(z, c)
+
+    def draw(self, n: int, gen: torch.Generator, label: int | None = None) -> torch.Tensor:
+        """n prior draws in the searched space, [n, *latent.shape] on the CPU: z from the prior, or w = mapping(z, c)."""
+        if self.latent.prior != "mapped":
+            return sample_prior(self.latent, n, gen)
+        f: StyleForward = self.module
+        z = torch.randn(n, f.shape.z_dim, generator=gen).to(self.device)
+        c = self.encode(torch.full((n,), label or 0, dtype=torch.long, device=self.device)) if self.num_classes else None
+        with torch.no_grad():
+            ws = f.mapping(z, c)
+            ws = ws if ws.dim() == 3 else ws.unsqueeze(1).expand(n, f.shape.num_ws, f.shape.w_dim)
+            head = ws[:, 0] if f.space == "w" else ws
+        return torch.cat([head.reshape(n, -1).float().cpu(), self._noise_start(n)], 1).reshape(n, *self.latent.shape)
+
+    def _noise_start(self, n: int) -> torch.Tensor:
+        """The optimized noise maps' start, [n, sum H*W]: the module's own constant maps (empty without noise: optimize)."""
+        layers = self.module.noise_layers if isinstance(self.module, StyleForward) else []
+        if not layers:
+            return torch.empty(n, 0)
+        return torch.cat([layer.noise_const.detach().float().cpu().reshape(1, -1) for layer in layers], 1).expand(n, -1)
+
+    def penalty(self, z: torch.Tensor) -> torch.Tensor | None:
+        """The optimized noise maps' regularizer times noise_penalty, [B]; None when nothing but the latent is searched."""
+        if isinstance(self.module, StyleForward) and self.module.noise_layers and self.spec.noise_penalty:
+            return self.spec.noise_penalty * self.module.penalty(z)
+        return None
+
+
+def _unconditional(g: LoadedGenerator):
+    raise RecoveryError("labels given for an unconditional generator (no generator.classes); a label column needs a conditional G(z, c)")
 
 
 def _read_bytes(url: str, what: str, storage_options: dict | None) -> bytes:
@@ -102,6 +162,13 @@ def _load_checkpoint(spec: GeneratorSpec, storage_options: dict | None) -> dict:
 
 
 def _build(spec: GeneratorSpec, storage_options: dict | None) -> tuple[nn.Module, str]:
+    if spec.pickle:  # GeneratorSpec refused it without trust_checkpoint
+        data = _read_bytes(spec.pickle, "generator.pickle", storage_options)
+        return load_pickle(data, spec.pickle, spec.pickle_key, "generator.pickle"), f"{spec.pickle_key} from {spec.pickle}"
+    if isinstance(spec.torchscript, dict):
+        parts = {k: _load_scripted(_read_bytes(u, f"generator.torchscript.{k}", storage_options), u, f"generator.torchscript.{k}")
+                 for k, u in spec.torchscript.items()}
+        return StyleParts(parts["mapping"], parts["synthesis"]), "torchscript mapping + synthesis"
     if spec.torchscript:
         return _load_scripted(_read_bytes(spec.torchscript, "generator.torchscript", storage_options), spec.torchscript, "generator.torchscript"), spec.torchscript
     if spec.builtin:
@@ -119,6 +186,8 @@ def _build(spec: GeneratorSpec, storage_options: dict | None) -> tuple[nn.Module
         module = factory(**spec.kwargs)
     except TypeError as e:
         raise RecoveryError(f"generator.kwargs: {name} rejected its kwargs: {e}") from None
+    if isinstance(module, tuple) and len(module) == 2 and all(isinstance(m, nn.Module) for m in module):
+        module = StyleParts(*module)  # a factory returning (mapping, synthesis)
     if not isinstance(module, nn.Module):
         raise RecoveryError(f"generator.factory: {name} returned a {type(module).__name__}, not a torch.nn.Module")
     if spec.checkpoint:
@@ -141,17 +210,22 @@ def _freeze(module: nn.Module, device: torch.device) -> nn.Module:
     return module
 
 
-def _check(module: nn.Module, spec: GeneratorSpec, name: str, device: torch.device) -> tuple[int, int, int]:
+def _check(g: LoadedGenerator, name: str) -> tuple[int, int, int]:
     """One small forward pass: shape, finiteness, range, and batch independence (eval-mode batch norm)."""
-    z = sample_prior(spec.latent, 3, torch.Generator().manual_seed(0)).to(device)
+    spec = g.spec
+    z = g.draw(3, torch.Generator().manual_seed(0)).to(g.device)
+    labels = torch.arange(3, device=g.device) % g.num_classes if g.num_classes else None
     try:
         with torch.no_grad():
-            x = module(z)
-            x1 = module(z[:1])
+            x = g(z, labels)
+            x1 = g(z[:1], labels[:1] if labels is not None else None)
+    except RecoveryError:
+        raise
     except Exception as e:  # noqa: BLE001 - a generator that cannot take its own latent is refused here
+        hint = "generator.latent.shape" + ("" if g.num_classes else "; a conditional G(z, c) needs generator.classes")
         raise RecoveryError(
             f"generator ({name}): forward pass on a latent batch of shape {list(z.shape)} failed: "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (check generator.latent.shape)"
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (check {hint})"
         ) from None
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 3:
         shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -159,7 +233,7 @@ def _check(module: nn.Module, spec: GeneratorSpec, name: str, device: torch.devi
     if x.shape[1] not in (1, 3):
         raise RecoveryError(f"generator ({name}): output has {x.shape[1]} channels; only 1 (gray) and 3 (RGB) are supported")
     if not torch.isfinite(x).all():
-        raise RecoveryError(f"generator ({name}): output is not finite (NaN or inf) for latents drawn from the {spec.latent.prior} prior")
+        raise RecoveryError(f"generator ({name}): output is not finite (NaN or inf) for latents drawn from the {g.latent.prior} prior")
     lo, hi = spec.output_range
     slack = 0.05 * (hi - lo)
     if x.min() < lo - slack or x.max() > hi + slack:
@@ -175,26 +249,81 @@ def _check(module: nn.Module, spec: GeneratorSpec, name: str, device: torch.devi
     return tuple(int(s) for s in x.shape[1:])  # type: ignore[return-value]
 
 
+def _style(module: nn.Module, spec: GeneratorSpec, name: str, device: torch.device) -> LoadedGenerator:
+    """A style-based generator as a latent -> image module over the searched space, with its w_avg start."""
+    space = spec.space or "w"
+    if spec.noise == "optimize" and space == "z":
+        raise RecoveryError("generator.noise: 'optimize' is for the W and W+ spaces (space: w or w_plus)")
+    probe = LoadedGenerator(module, spec, (0, 0, 0), device)
+    shape = measure(module, spec.latent.shape[0] if spec.latent else None, probe.num_classes, probe.encode, device, name)
+    if spec.latent is not None and tuple(spec.latent.shape) != (shape.z_dim,):
+        raise RecoveryError(f"generator.latent.shape: {list(spec.latent.shape)}, but the mapping takes z [{shape.z_dim}]")
+    from_pickle = bool(spec.pickle)
+    if spec.noise == "optimize" and not shape.noise_shapes:
+        raise RecoveryError(f"generator.noise: 'optimize', but the synthesis of {name} has no layer with a noise_const buffer")
+    forward = StyleForward(module, shape, space=space, noise=spec.noise, fp32_flag=from_pickle and _takes(module.synthesis, "force_fp32"))
+    if spec.noise == "optimize" and not all(isinstance(layer, nn.Module) and not isinstance(layer, torch.jit.ScriptModule)
+                                            for layer in forward.noise_layers):
+        raise RecoveryError("generator.noise: 'optimize' needs the Python modules (factory or pickle), not TorchScript")
+    noise_dim = sum(h * w for h, w in shape.noise_shapes) if forward.noise_layers else 0
+    if space == "z":
+        latent, anchor = LatentSpec((shape.z_dim,), "normal"), None
+    else:
+        dims = (forward.style_dim + noise_dim,) if noise_dim else ((shape.w_dim,) if space == "w" else (shape.num_ws, shape.w_dim))
+        latent = LatentSpec(dims, "mapped")
+        w_avg = w_average(forward, spec.w_avg_samples, device, probe.num_classes, probe.encode)  # [w_dim]
+        anchor = w_avg if space == "w" else w_avg.repeat(shape.num_ws)
+    g = LoadedGenerator(forward, spec, (0, 0, 0), device, latent, None)
+    if anchor is not None:
+        g.anchor = torch.cat([anchor, g._noise_start(1)[0]])
+    g.output_shape = _check(g, f"{name}, {space} space")
+    return g
+
+
+def _takes(module: nn.Module, name: str) -> bool:
+    """Whether module.forward accepts the keyword `name` (by name or through **kwargs)."""
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
 def load_generator(spec: GeneratorSpec, *, device: str | torch.device | None = None, storage_options: dict | None = None) -> LoadedGenerator:
     """Build, freeze and check the generator a spec names; every problem is a RecoveryError naming it."""
     device = torch.device(device) if device is not None else default_device()
     module, name = _build(spec, storage_options)
-    module = _freeze(module, device)
-    return LoadedGenerator(module, spec, _check(module, spec, name, device), device)
+    return _finish(_freeze(module, device), spec, name, device)
+
+
+def _finish(module: nn.Module, spec: GeneratorSpec, name: str, device: torch.device) -> LoadedGenerator:
+    if is_style_based(module):
+        return _style(module, spec, name, device)
+    if spec.space in ("w", "w_plus"):
+        raise RecoveryError(f"generator.space: {spec.space!r} needs a style-based generator (a mapping network); "
+                            f"{name} has no `mapping` and `synthesis`: use space: z")
+    if spec.noise == "optimize":
+        raise RecoveryError(f"generator.noise: 'optimize' needs a style-based generator with noise inputs; {name} is a plain G(z)")
+    if spec.latent is None:
+        raise RecoveryError(f"generator.latent: required for a plain G(z) ({name}): give its shape and prior")
+    g = LoadedGenerator(module, spec, (0, 0, 0), device)
+    g.output_shape = _check(g, name)
+    return g
 
 
 def wrap_generator(
     module: nn.Module,
     *,
-    latent: LatentSpec,
+    latent: LatentSpec | None,
     output_range: tuple[float, float] = (-1.0, 1.0),
     device: str | torch.device | None = None,
+    **style: object,
 ) -> LoadedGenerator:
-    """A generator already in memory (Python API); copied, so the caller's model is never changed."""
+    """A generator already in memory (Python API); copied, so the caller's model is never changed.
+    style: GeneratorSpec's space, noise, noise_penalty, w_avg_samples and classes."""
     device = torch.device(device) if device is not None else default_device()
-    spec = GeneratorSpec(latent=latent, factory=f"{type(module).__module__}:{type(module).__name__}", output_range=output_range)
-    module = _freeze(copy.deepcopy(module), device)
-    return LoadedGenerator(module, spec, _check(module, spec, type(module).__name__, device), device)
+    spec = GeneratorSpec(latent=latent, factory=f"{type(module).__module__}:{type(module).__name__}", output_range=output_range, **style)
+    return _finish(_freeze(copy.deepcopy(module), device), spec, type(module).__name__, device)
 
 
 def load_feature_net(url: str, *, device: str | torch.device | None = None, storage_options: dict | None = None) -> nn.Module:

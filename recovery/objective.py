@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .device_targets import DeviceTargets
 from .errors import RecoveryError
 from .generators import LoadedGenerator
 from .settings import OperatorSpec, RecoverySettings
@@ -110,8 +111,10 @@ class Objective:
         targets: torch.Tensor,  # [N, C, H, W] float32 in generator.spec.output_range
         settings: RecoverySettings,
         feature_net: nn.Module | None = None,
+        labels: torch.Tensor | None = None,  # [N] int64 class per target (conditional generators)
     ) -> None:
         self.generator, self.settings = generator, settings
+        self.labels = labels.to(generator.device) if labels is not None else None
         self.shape = target_shape(generator, settings)
         if tuple(targets.shape[1:]) != self.shape:
             raise RecoveryError(f"targets have shape {list(targets.shape[1:])}; the audit shape for this generator is {list(self.shape)}")
@@ -120,24 +123,38 @@ class Objective:
         device = generator.device
         self.op = build_operator(settings.operator, self.shape, device)
         self.feature_net = feature_net
-        with torch.no_grad():
-            self.targets = self.op(targets.to(device))  # [N, C, H', W'] A(x)
-            self.target_features = self._features(self.targets) if settings.loss == "features" else None
+        step = max(1, settings.batch_size)
+        views, features = [], []
+        with torch.no_grad():  # A(x) (and its features) batch by batch, kept on the host (issue 11)
+            for j in range(0, len(targets), step):
+                view = self.op(targets[j:j + step].to(device))  # [b, C, H', W']
+                views.append(view.cpu())
+                if settings.loss == "features":
+                    features.append(self._features(view).cpu())
+        host = torch.cat(views) if views else torch.empty((0, *self.shape))
+        self.targets = DeviceTargets(host, device, step)  # [N, C, H', W'] A(x): on the device a batch at a time
+        self.target_features = (DeviceTargets(torch.cat(features) if features else torch.empty(0, 0), device, step)
+                                if settings.loss == "features" else None)
 
     def _features(self, a: torch.Tensor) -> torch.Tensor:
         return self.feature_net(a).flatten(1)
 
-    def images(self, z: torch.Tensor) -> torch.Tensor:
-        """G(z) at the audit resolution, [B, C, H, W]."""
-        return to_audit_resolution(self.generator(z), self.shape)
+    def images(self, z: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """G(z) (G(z, c) with the targets' classes) at the audit resolution, [B, C, H, W]."""
+        labels = self.labels[index] if self.labels is not None else None
+        return to_audit_resolution(self.generator(z, labels), self.shape)
 
     def __call__(self, z: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(loss, mse, mae), each [B], of latents z [B, *latent] against targets[index]."""
-        a, b = self.op(self.images(z)), self.targets[index]
+        """(loss, mse, mae), each [B], of latents z [B, *latent] against targets[index]; the loss includes the
+        generator's own regularizer (optimized noise maps), the reported mse and mae do not."""
+        a, b = self.op(self.images(z, index)), self.targets[index]
         count = self.op.count
         mse = squared_error(a, b, count)
         mae = absolute_error(a, b, count)
         loss = LOSSES[self.settings.loss](self, a, index, mse, mae)
+        extra = self.generator.penalty(z)
+        if extra is not None:
+            loss = loss + extra
         return loss, mse.detach(), mae.detach()
 
 

@@ -16,11 +16,12 @@ from .errors import RecoveryError
 from .generators import LoadedGenerator
 from .objective import Objective, psnr, target_shape, to_audit_resolution
 from .optim import MAX_ITERATIONS, StopRules, make_optimizer
-from .priors import check_geometry, sample_for_ids, sample_prior, stream, to_prior_space
+from .priors import check_geometry, sample_for_ids, stream, to_prior_space
 from .restarts import ImageSearch, RestartScheduler
 from .settings import RecoverySettings, SearchPlan
 
 GENERATED_TAG = "generated"  # the stream tag of generated images' z0, distinct from every restart index
+GENERATED_LABEL_TAG = "generated-label"  # and of their classes
 
 
 def _latent_fn(latent, geometry: str):
@@ -58,8 +59,9 @@ def _evaluator(objective: Objective, to_latent, dim: int, penalty: float):
 def _screener(objective: Objective, to_latent, latent, ids: list[str], settings: RecoverySettings, plan: SearchPlan,
               guesses: torch.Tensor | None):
     """Each start's first point: the lowest-loss of `plan.screening` prior draws (plus, for an image's first
-    start, the encoder's guess when there is one), scored forward-only in batches."""
+    start, the guesses [N, m, D] when there are any: the encoder's, w_avg), scored forward-only in batches."""
     k, dim = plan.screening, int(np.prod(latent.shape))
+    generator, labels = objective.generator, objective.labels
 
     @torch.no_grad()
     def score(u: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -75,8 +77,9 @@ def _screener(objective: Objective, to_latent, latent, ids: list[str], settings:
     def screen(picks: list[tuple[int, int]]) -> tuple[torch.Tensor, list[int]]:
         candidates = []  # per pick [k_i, D]
         for i, r in picks:
-            draws = sample_prior(latent, k, stream(settings.seed, ids[i], r)).reshape(k, dim)
-            candidates.append(torch.cat([guesses[i : i + 1], draws]) if guesses is not None and r == 0 else draws)
+            label = int(labels[i]) if labels is not None else None
+            draws = generator.draw(k, stream(settings.seed, ids[i], r), label).reshape(k, dim)
+            candidates.append(torch.cat([guesses[i], draws]) if guesses is not None and r == 0 else draws)
         counts = [len(c) for c in candidates]
         if max(counts) == 1:
             return torch.cat(candidates), [0] * len(picks)  # [n, D]: a plain draw is the optimizer's own first evaluation
@@ -101,6 +104,7 @@ def recover(
     device: str | torch.device | None = None,
     feature_net: nn.Module | None = None,
     encoder: nn.Module | None = None,
+    labels: Sequence[int] | torch.Tensor | None = None,
 ) -> pa.Table:
     """One row per target, in input order: the recovery error and how it was reached.
 
@@ -110,7 +114,13 @@ def recover(
     latent / trace when settings.keep_latent / keep_trace.
 
     encoder: an optional learned start (recovery.train_encoder, fitted to G's own samples): its guess
-    E(x) [N, D] joins the screening of every image's first start.
+    E(x) [N, D] joins the screening of every image's first start. A style-based generator searched in W or W+
+    adds its w_avg there too.
+
+    labels: for a conditional generator, each target's class index [N] (int64, 0 <= label < K); then the
+    table has a `label` column. Without labels every class is searched and the best kept (K times the cost;
+    `label` is the class found, `label_searched` is true, and `restarts`, `evaluations` and `seconds` add up
+    the K searches). Labels for an unconditional generator are an error.
     """
     if device is not None and torch.device(device) != generator.device:
         raise RecoveryError(f"device {device} differs from the generator's device {generator.device}; load the generator there")
@@ -124,13 +134,36 @@ def recover(
     if settings.start != "encoder" and encoder is not None:
         raise RecoveryError(f"recovery.start: is {settings.start!r}, so the encoder passed would be ignored; "
                             "set start='encoder' to use it")
+    if labels is not None and not generator.num_classes:
+        raise RecoveryError("labels given for an unconditional generator (no generator.classes); a label column needs a conditional G(z, c)")
+    if generator.num_classes:
+        if labels is None:
+            return _search_classes(generator, targets, ids, settings=settings, feature_net=feature_net, encoder=encoder)
+        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        if len(labels) != len(ids):
+            raise RecoveryError(f"{len(ids)} targets but {len(labels)} labels")
+        bad = (labels < 0) | (labels >= generator.num_classes)
+        if bool(bad.any()):
+            k = int(bad.nonzero()[0, 0])
+            raise RecoveryError(f"image {ids[k]}: label {int(labels[k])} is outside generator.classes (0..{generator.num_classes - 1})")
+    table = _recover(generator, targets, ids, settings, feature_net, encoder, labels)
+    if labels is not None:
+        table = table.append_column("label", pa.array(labels.numpy(), pa.int32()))
+    return table
+
+
+def _recover(generator: LoadedGenerator, targets: torch.Tensor, ids: list[str], settings: RecoverySettings,
+             feature_net: nn.Module | None, encoder: nn.Module | None, labels: torch.Tensor | None) -> pa.Table:
     n = len(ids)
     latent, plan = generator.latent, settings.plan()
     check_geometry(latent, plan.geometry)
     dim = int(np.prod(latent.shape))
-    objective = Objective(generator, targets, settings, feature_net)
+    objective = Objective(generator, targets, settings, feature_net, labels)
     to_latent = _latent_fn(latent, plan.geometry)
-    guesses = _guesses(encoder, targets, settings.batch_size, generator.device)
+    guesses = _guesses(encoder, targets, settings.batch_size, generator.device)  # [N, 1, D] or None
+    if generator.anchor is not None:
+        anchor = generator.anchor.reshape(1, 1, dim).expand(n, 1, dim)
+        guesses = anchor if guesses is None else torch.cat([guesses, anchor], 1)
     scheduler = RestartScheduler(n, plan, exact_level=settings.exact_level, adaptive_threshold=settings.adaptive_threshold,
                                  screen=_screener(objective, to_latent, latent, ids, settings, plan, guesses))
     rules = StopRules(exact_level=settings.exact_level, patience=settings.patience,
@@ -158,7 +191,23 @@ def _guesses(encoder: nn.Module | None, targets: torch.Tensor, chunk: int, devic
     if encoder is None:
         return None
     parts = [encoder(targets[j : j + chunk].to(device)).float().cpu() for j in range(0, len(targets), max(1, chunk))]
-    return torch.cat(parts).reshape(len(targets), -1)
+    return torch.cat(parts).reshape(len(targets), 1, -1)
+
+
+def _search_classes(generator: LoadedGenerator, targets: torch.Tensor, ids: list[str], *, settings: RecoverySettings,
+                    feature_net: nn.Module | None, encoder: nn.Module | None) -> pa.Table:
+    """Unknown classes: one full search per class, keeping each image's best (ties to the lower class index).
+    Every search is the same as with that label given, so a row still depends only on its own image."""
+    tables = [_recover(generator, targets, ids, settings, feature_net, encoder, torch.full((len(ids),), k, dtype=torch.long))
+              for k in range(generator.num_classes)]
+    errors = np.stack([np.nan_to_num(t.column("error").to_numpy(zero_copy_only=False), nan=np.inf) for t in tables])  # [K, N]
+    best = errors.argmin(0)  # [N]
+    rows = [tables[k].slice(i, 1) for i, k in enumerate(best)]
+    table = pa.concat_tables(rows) if rows else tables[0]
+    for name in ("restarts", "evaluations", "seconds"):  # the cost of all K searches
+        total = sum(t.column(name).to_numpy(zero_copy_only=False) for t in tables)
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array(total, table.schema.field(name).type))
+    return table.append_column("label", pa.array(best, pa.int32())).append_column("label_searched", pa.array([True] * len(ids)))
 
 
 def _error(r, settings: RecoverySettings, z: torch.Tensor) -> float:
@@ -204,6 +253,16 @@ def _table(ids: list[str], images: list[ImageSearch], settings: RecoverySettings
     return pa.table(cols)
 
 
+def generated_labels(generator: LoadedGenerator, image_ids: Sequence[str], *, seed: int) -> torch.Tensor | None:
+    """The generated split's classes: one uniform draw per image id (seeded by seed and id), [N] int64; None
+    for an unconditional generator."""
+    if not generator.num_classes:
+        return None
+    k = generator.num_classes
+    return torch.tensor([int(torch.randint(0, k, (1,), generator=stream(seed, str(i), GENERATED_LABEL_TAG))) for i in image_ids],
+                        dtype=torch.long)
+
+
 def sample_generated(
     generator: LoadedGenerator,
     image_ids: Sequence[str],
@@ -211,17 +270,28 @@ def sample_generated(
     seed: int,
     settings: RecoverySettings = RecoverySettings(),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The generated split: z0 [N, *latent] seeded per image id, and G(z0) [N, C, H, W] at the audit resolution."""
-    z0 = sample_for_ids(generator.latent, [str(i) for i in image_ids], seed, GENERATED_TAG)
-    return z0, render(generator, z0, settings=settings)
+    """The generated split: z0 [N, *latent] seeded per image id, and G(z0) [N, C, H, W] at the audit resolution.
+
+    z0 is in the searched space (w for a style-based generator searched in W); a conditional generator's images
+    are of the classes generated_labels(generator, image_ids, seed=seed) gives."""
+    ids = [str(i) for i in image_ids]
+    labels = generated_labels(generator, ids, seed=seed)
+    if generator.latent.prior == "mapped" or labels is not None:
+        draws = [generator.draw(1, stream(seed, i, GENERATED_TAG), int(labels[j]) if labels is not None else None) for j, i in enumerate(ids)]
+        z0 = torch.cat(draws) if draws else torch.empty((0, *generator.latent.shape))
+    else:
+        z0 = sample_for_ids(generator.latent, ids, seed, GENERATED_TAG)
+    return z0, render(generator, z0, settings=settings, labels=labels)
 
 
 @torch.no_grad()
-def render(generator: LoadedGenerator, latents: torch.Tensor, *, settings: RecoverySettings = RecoverySettings()) -> torch.Tensor:
-    """G(z) at the audit resolution for latents [N, *latent] (or flat [N, D]), on the CPU."""
+def render(generator: LoadedGenerator, latents: torch.Tensor, *, settings: RecoverySettings = RecoverySettings(),
+           labels: torch.Tensor | None = None) -> torch.Tensor:
+    """G(z) (G(z, c) for labels [N] int64) at the audit resolution for latents [N, *latent] (or flat [N, D]), on the CPU."""
     shape = target_shape(generator, settings)
     out = []
-    for chunk in latents.split(max(1, settings.batch_size)):
+    for j, chunk in enumerate(latents.split(max(1, settings.batch_size))):
         z = chunk.to(generator.device).reshape(len(chunk), *generator.latent.shape)
-        out.append(to_audit_resolution(generator(z), shape).float().cpu())
+        c = labels[j * settings.batch_size : j * settings.batch_size + len(chunk)] if labels is not None else None
+        out.append(to_audit_resolution(generator(z, c), shape).float().cpu())
     return torch.cat(out) if out else torch.empty((0, *shape))

@@ -9,7 +9,10 @@ from .errors import RecoveryError
 LOSSES = ("mse", "mae", "features")
 OPERATORS = ("identity", "mask", "pool")
 OPTIMIZERS = ("lbfgs", "adam", "sgd")
-PRIORS = ("normal", "uniform", "sphere")
+PRIORS = ("normal", "uniform", "sphere", "mapped")
+SPACES = ("z", "w", "w_plus")
+NOISES = ("const", "zero", "optimize")
+ENCODINGS = ("one_hot", "index")
 PROTOCOLS = ("adaptive", "paper")
 STARTS = ("prior", "encoder")
 GEOMETRIES = ("free", "shell")
@@ -24,7 +27,8 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 class LatentSpec:
     """The generator's latent: shape without the batch dimension, and the prior restarts draw from.
 
-    normal: N(0, I); uniform: U(-1, 1) per coordinate; sphere: uniform on the unit sphere (GLO).
+    normal: N(0, I); uniform: U(-1, 1) per coordinate; sphere: uniform on the unit sphere (GLO);
+    mapped: w = mapping(z), z ~ N(0, I) (a style-based generator searched in W or W+; set by the loader, not by users).
     """
 
     shape: tuple[int, ...]
@@ -38,28 +42,69 @@ class LatentSpec:
 
 
 @dataclass(frozen=True)
+class ClassesSpec:
+    """A conditional generator's classes (issue 13): G(z, c), c one of `names`, fed to G as `encoding`.
+
+    one_hot: c is a float [B, K] one-hot row (StyleGAN2-ADA's c_dim = K); index: c is an int64 [B] class index.
+    """
+
+    names: tuple[str, ...]
+    encoding: str = "one_hot"
+
+    def __post_init__(self) -> None:
+        names = tuple(str(n) for n in self.names)
+        object.__setattr__(self, "names", names)
+        if not names:
+            raise RecoveryError("generator.classes.names: a conditional generator needs at least one class")
+        if len(set(names)) != len(names):
+            raise RecoveryError(f"generator.classes.names: duplicate names in {list(names)}")
+        _choice("generator.classes.encoding", self.encoding, ENCODINGS)
+
+    def index(self, label: object, where: str = "label") -> int:
+        """The class index of a label given by name (or by its position when the names are 0..K-1)."""
+        key = str(label)
+        if key not in self.names:
+            raise RecoveryError(f"{where}: {label!r} is not one of generator.classes.names ({', '.join(self.names[:20])})")
+        return self.names.index(key)
+
+
+@dataclass(frozen=True)
 class GeneratorSpec:
-    """Where a generator comes from; exactly one of torchscript, factory, builtin.
+    """Where a generator comes from; exactly one of torchscript, factory, builtin, pickle.
 
     factory is 'package.module:callable' called with kwargs; builtin is a key of recovery.models.BUILTINS.
     A checkpoint is loaded with torch.load(weights_only=True) unless trust_checkpoint is set (which runs pickle).
+    Style-based generators (issue 13): a factory returning a module with `mapping` and `synthesis`
+    (StyleGAN2-ADA's interface), torchscript as {mapping: url, synthesis: url}, or a StyleGAN2-ADA / StyleGAN3
+    network pickle (`pickle`, network `pickle_key`, only with trust_checkpoint). space: z | w | w_plus (None: w
+    for a style-based generator, z otherwise); noise: const (the module's noise buffers, default) | zero |
+    optimize (per image, with noise_penalty times the noise regularizer); w_avg_samples: mapped draws averaged
+    for the start when the mapping has no w_avg buffer. latent may be None for a style-based generator (z_dim
+    comes from it). classes: G(z, c) is conditional (see ClassesSpec).
     """
 
-    latent: LatentSpec
-    torchscript: str | None = None
+    latent: LatentSpec | None = None
+    torchscript: str | dict | None = None
     factory: str | None = None
     builtin: str | None = None
+    pickle: str | None = None
+    pickle_key: str = "G_ema"
     kwargs: dict = field(default_factory=dict)
     checkpoint: str | None = None
     checkpoint_key: str | None = None
     output_range: tuple[float, float] = (-1.0, 1.0)
     trust_checkpoint: bool = False
+    space: str | None = None
+    noise: str = "const"
+    noise_penalty: float = 1e-3
+    w_avg_samples: int = 10_000
+    classes: ClassesSpec | None = None
 
     def __post_init__(self) -> None:
-        given = [k for k in ("torchscript", "factory", "builtin") if getattr(self, k)]
+        given = [k for k in ("torchscript", "factory", "builtin", "pickle") if getattr(self, k)]
         if len(given) != 1:
             raise RecoveryError(
-                "generator: give exactly one of torchscript, factory, builtin"
+                "generator: give exactly one of torchscript, factory, builtin, pickle"
                 + (f" (got {', '.join(given)})" if given else " (got none)")
             )
         lo, hi = (float(v) for v in self.output_range)
@@ -68,10 +113,29 @@ class GeneratorSpec:
         object.__setattr__(self, "output_range", (lo, hi))
         if self.torchscript and (self.checkpoint or self.kwargs):
             raise RecoveryError("generator: a torchscript generator takes no checkpoint or kwargs")
+        if isinstance(self.torchscript, dict) and sorted(self.torchscript) != ["mapping", "synthesis"]:
+            raise RecoveryError(f"generator.torchscript: a style-based generator is {{mapping: <url>, synthesis: <url>}}, "
+                                f"got keys {sorted(self.torchscript)}")
         if self.factory and ":" not in self.factory:
             raise RecoveryError(f"generator.factory: expected 'package.module:callable', got {self.factory!r}")
         if self.checkpoint_key and not self.checkpoint:
             raise RecoveryError("generator.checkpoint_key: given without a checkpoint")
+        if self.pickle and (self.checkpoint or self.kwargs):
+            raise RecoveryError("generator: a network pickle takes no checkpoint or kwargs (the pickle holds both)")
+        if self.pickle and not self.trust_checkpoint:
+            raise RecoveryError(
+                f"generator.pickle: {self.pickle} is a Python pickle, and loading it runs code from it; "
+                "set generator.trust_checkpoint: true if you trust the file"
+            )
+        if self.space is not None:
+            _choice("generator.space", self.space, SPACES)
+        _choice("generator.noise", self.noise, NOISES)
+        if not self.noise_penalty >= 0:
+            raise RecoveryError(f"generator.noise_penalty: must be >= 0, got {self.noise_penalty}")
+        if int(self.w_avg_samples) < 10_000:
+            raise RecoveryError(f"generator.w_avg_samples: must be >= 10000 (the mean of fewer draws is a noisy start), got {self.w_avg_samples}")
+        if self.latent is not None and self.latent.prior == "mapped":
+            raise RecoveryError("generator.latent.prior: 'mapped' is set by the loader for W spaces; give z's prior (normal)")
 
 
 @dataclass(frozen=True)

@@ -302,10 +302,11 @@ def test_pickled_checkpoint_needs_trust(tmp_path):
 
 def test_batch_dependent_and_nan_generators_are_refused():
     net = make_dcgan(nz=8).train()  # batch norm in training mode couples the batch
-    from recovery.generators import _check
+    from recovery.generators import LoadedGenerator, _check
 
+    loaded = LoadedGenerator(net, GeneratorSpec(latent=LatentSpec((8,)), factory="x:y"), (0, 0, 0), torch.device("cpu"))
     with pytest.raises(RecoveryError, match="depends on the rest of its batch"):
-        _check(net, GeneratorSpec(latent=LatentSpec((8,)), factory="x:y"), "train-mode dcgan", torch.device("cpu"))
+        _check(loaded, "train-mode dcgan")
 
     class NaNs(torch.nn.Module):
         def forward(self, z):
