@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from . import storage
 from .config import GENERATED
-from .features import (ImageRef, KnnBlock, features_key, features_url, knn_key, knn_url, read_features, read_table,
+from .features import (TASKS, ImageRef, KnnBlock, features_key, features_url, knn_key, knn_url, read_features, read_table,
                        to_bytes, to_matrix)
 
 log = logging.getLogger("memaudit")
@@ -42,8 +42,11 @@ def companions_selected(config) -> list[str]:
 # The driver's pass
 
 
-def run_detectors(pool, config, plan, results: pa.Table):
+def run_detectors(pool, config, plan, results: pa.Table, *, generator=None):
     """Features, kNN, statistics and pairs for the selected companions; None when only recovery is selected.
+
+    generator: G loaded on the driver's CPU, if the driver has it: the closest pairs are then rendered here
+    instead of on an actor (a re-run whose parts all exist starts no actor).
 
     Returns stats.report_detectors.CompanionFiles (also written under the output)."""
     selected = companions_selected(config)
@@ -81,7 +84,7 @@ def run_detectors(pool, config, plan, results: pa.Table):
                             if {"ct", "birthday"} & set(selected) else 0)
     found = evaluate(selected, neighbours=neighbours, mifid=mifid, features=loaded, settings=config.stats,
                      metric=features.metric, reference=reference, train=train_split)
-    pairs = _pairs(pool, config, plan, results, neighbours, found.birthday)
+    pairs = _pairs(pool, config, plan, results, neighbours, found.birthday, generator)
     files = CompanionFiles(found.table, found.cells, found.birthday, pairs)
     for name, table in (("neighbours.parquet", neighbours), ("detectors.parquet", found.table),
                         ("ct_cells.parquet", found.cells), ("birthday.parquet", found.birthday),
@@ -191,8 +194,10 @@ def _dispatch(pool, config, calls: list[tuple[str, tuple]]) -> list[Any]:
     return results
 
 
-def _pairs(pool, config, plan, results: pa.Table, neighbours: pa.Table | None, birthday: pa.Table) -> pa.Table | None:
-    """pairs.parquet: the closest generated/train pairs and birthday pairs, rendered by one actor."""
+def _pairs(pool, config, plan, results: pa.Table, neighbours: pa.Table | None, birthday: pa.Table,
+           generator=None) -> pa.Table | None:
+    """pairs.parquet: the closest generated/train pairs and birthday pairs, rendered in the driver with its
+    CPU generator when it has one, else by one actor."""
     import ray
 
     from stats.report_detectors import PAIRS_SCHEMA
@@ -210,10 +215,21 @@ def _pairs(pool, config, plan, results: pa.Table, neighbours: pa.Table | None, b
         return None
     where = _locate(results, plan, {(w[2], w[1]) for w in wanted} | {(w[4], w[3]) for w in wanted})
     wanted = [w for w in wanted if (w[2], w[1]) in where and (w[4], w[3]) in where]
-    actor = pool.any_ready(config.job.actor_start_timeout)
-    if actor is None or not wanted:
+    if not wanted:
         return None
-    pngs = ray.get(actor.detector_task.remote("pairs", [(where[(w[2], w[1])], where[(w[4], w[3])]) for w in wanted]))
+    refs = [(where[(w[2], w[1])], where[(w[4], w[3])]) for w in wanted]
+    if generator is not None:
+        from types import SimpleNamespace
+
+        from recovery import target_shape
+
+        here = SimpleNamespace(config=config, generator=generator, shape=target_shape(generator, config.recovery))
+        pngs = TASKS["pairs"](here, refs)
+    else:
+        actor = pool.any_ready(config.job.actor_start_timeout)
+        if actor is None:
+            return None
+        pngs = ray.get(actor.detector_task.remote("pairs", refs))
     rows = [dict(zip(("kind", "query_id", "query_split", "other_id", "other_split", "distance"), w),
                  query_png=a, other_png=b) for w, (a, b) in zip(wanted, pngs)]
     return pa.Table.from_pylist(rows, schema=PAIRS_SCHEMA)

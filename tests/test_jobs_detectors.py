@@ -62,6 +62,17 @@ def test_detectors_end_to_end_with_reuse_of_the_features(ray_local, tiny_data, t
     assert {p: p.stat().st_mtime_ns for p in parts} == stamps
     assert pq.read_table(out / "detectors.parquet").equals(detectors)
 
+    # The driver, when it holds G on its CPU, renders the same pairs without an actor.
+    import recovery
+    from jobs.detectors import _pairs
+    from jobs.plan import make_plan
+    from stats import read_output
+
+    results = read_output(str(out), columns=None)[0]
+    here = _pairs(None, config, make_plan(config), results, neighbours, pq.read_table(out / "birthday.parquet"),
+                  recovery.load_generator(config.generator, device="cpu"))
+    assert here.equals(pairs)
+
     rebuilt = report_from_output(str(out))  # `memaudit report OUT` re-reads the detectors' files
     assert rebuilt.verdict.reasons == first.reduction.verdict.reasons
     assert '<section id="detectors">' in (out / "report.html").read_text()
