@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -105,6 +105,7 @@ def recover(
     feature_net: nn.Module | None = None,
     encoder: nn.Module | None = None,
     labels: Sequence[int] | torch.Tensor | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> pa.Table:
     """One row per target, in input order: the recovery error and how it was reached.
 
@@ -121,6 +122,9 @@ def recover(
     table has a `label` column. Without labels every class is searched and the best kept (K times the cost;
     `label` is the class found, `label_searched` is true, and `restarts`, `evaluations` and `seconds` add up
     the K searches). Labels for an unconditional generator are an error.
+
+    progress: called with the number of images finished so far each time an image's search ends (the job
+    reports images done inside a shard with it; issue 11).
     """
     if device is not None and torch.device(device) != generator.device:
         raise RecoveryError(f"device {device} differs from the generator's device {generator.device}; load the generator there")
@@ -146,14 +150,15 @@ def recover(
         if bool(bad.any()):
             k = int(bad.nonzero()[0, 0])
             raise RecoveryError(f"image {ids[k]}: label {int(labels[k])} is outside generator.classes (0..{generator.num_classes - 1})")
-    table = _recover(generator, targets, ids, settings, feature_net, encoder, labels)
+    table = _recover(generator, targets, ids, settings, feature_net, encoder, labels, progress)
     if labels is not None:
         table = table.append_column("label", pa.array(labels.numpy(), pa.int32()))
     return table
 
 
 def _recover(generator: LoadedGenerator, targets: torch.Tensor, ids: list[str], settings: RecoverySettings,
-             feature_net: nn.Module | None, encoder: nn.Module | None, labels: torch.Tensor | None) -> pa.Table:
+             feature_net: nn.Module | None, encoder: nn.Module | None, labels: torch.Tensor | None,
+             progress: Callable[[int], None] | None = None) -> pa.Table:
     n = len(ids)
     latent, plan = generator.latent, settings.plan()
     check_geometry(latent, plan.geometry)
@@ -181,8 +186,24 @@ def _recover(generator: LoadedGenerator, targets: torch.Tensor, ids: list[str], 
         device=generator.device,
     )
     with torch.inference_mode(False), torch.enable_grad():
-        opt.run(scheduler.next_tasks, scheduler.on_done)
+        opt.run(scheduler.next_tasks, scheduler.on_done if progress is None else _counting(scheduler, progress))
     return _table(ids, scheduler.images, settings, generator, to_latent)
+
+
+def _counting(scheduler: RestartScheduler, progress: Callable[[int], None]):
+    """scheduler.on_done that also calls progress(images finished so far) when an image's last start ends
+    (on_done queued no further start for it)."""
+    finished = 0
+
+    def on_done(result) -> None:
+        nonlocal finished
+        queued = len(scheduler.pending)
+        scheduler.on_done(result)
+        if len(scheduler.pending) == queued:
+            finished += 1
+            progress(finished)
+
+    return on_done
 
 
 @torch.no_grad()
