@@ -26,6 +26,7 @@ from stats.plots import convergence_png, ecdf_png, histogram_png, split_colors
 from stats.checks import check_output
 from stats.reduction import Reduction, reduce
 from stats.report_detectors import CompanionFiles, detectors_section, read_companions
+from stats.report_models import discriminator_section, read_discriminator, space_section
 from stats.report_sections import confounds_box, memorized_section, rules_section, search_section
 from stats.samples import SampleImages, check_samples, prepare
 from stats.settings import StatsSettings, field_names
@@ -64,6 +65,7 @@ def render_report(
     samples: pa.Table | None = None,
     run_info: dict[str, Any] | None = None,
     companions: CompanionFiles | None = None,
+    discriminator: pa.Table | None = None,
 ) -> str:
     """The report as one self-contained HTML document.
 
@@ -76,6 +78,7 @@ def render_report(
             best/median/worst per split, and top-<n> for the most memorized images.
         run_info: run.json's content, shown under provenance.
         companions: the companion detectors' tables (issue 12), drawn after the recoveries.
+        discriminator: discriminator.parquet (issue 13): D's score per image, summarized per split.
     """
     # The ids were checked by reduce(); the report needs the grouped errors only.
     groups = group_results(results, check_ids=False)
@@ -83,6 +86,7 @@ def render_report(
     settings = reduction.settings
     sections = [
         _verdict_section(reduction),
+        space_section(run_info),
         _statistics_section(reduction),
         rules_section(reduction),
         memorized_section(reduction, samples),
@@ -91,6 +95,7 @@ def render_report(
         search_section(reduction, results, groups.rows, colors),
         _samples_section(samples),
         detectors_section(companions),
+        discriminator_section(discriminator),
         _rejects_section(rejects),
         _provenance_section(settings, run_info),
     ]
@@ -126,7 +131,7 @@ def report_from_output(
     companions = read_companions(out_url, storage_options=storage_options)
     reduction = reduce(results, rejects, settings=settings, detectors=companions.detectors)
     html_text = render_report(reduction, results=results, rejects=rejects, samples=samples, run_info=run_info,
-                              companions=companions)
+                              companions=companions, discriminator=read_discriminator(out_url, storage_options=storage_options))
     stats_io.write_outputs(out_url, reduction, html_text, storage_options=storage_options)
     return reduction
 
