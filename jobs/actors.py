@@ -1,4 +1,4 @@
-"""The Ray actor: one generator, loaded once, running shards and rendering samples.
+"""The Ray actor: one generator, loaded once, running shards.
 
     actor = make_actor_class(config).remote(config, fingerprint)
     ray.get(actor.ready.remote())              # the generator is loaded; raises what loading raised
@@ -6,8 +6,10 @@
 
 An actor reads its shard's rows straight from the source, turns each into a target
 (recovery.to_target; a failure is a rejects row), runs recovery.recover on the rest, and writes the
-shard's results part and then its rejects part to the output store, each in one atomic put. Only a
-small ShardReport goes back to the driver, so the driver's memory does not grow with the data.
+shard's results part (always, maybe empty) and then its rejects part (the done marker) to the output
+store, each in one atomic put. Only a small ShardReport goes back to the driver, so the driver's memory
+does not grow with the data; progress() tells the driver how many images of the running shard are done.
+Results keep each image's recovered latent, so the driver renders the report's samples without actors.
 """
 
 from __future__ import annotations
@@ -20,16 +22,15 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from . import encoders, outputs, storage
 from .config import AuditConfig
 from .plan import Shard, generated_ids
 from .sources import Item, SourceImage, content_hash, describe_image, read_items
 
-# Fault injection for tests only: "<shard id>:<marker file>" makes the actor process exit abruptly the
-# first time it runs that shard (the marker records that it did), as a preempted node would.
-CRASH_ONCE_ENV = "MEMAUDIT_TEST_CRASH_ONCE"
+
+
+PROGRESS_GROUP = "progress"  # the actors' concurrency group for progress(): call it with .options(concurrency_group=...)
 
 
 @dataclass(frozen=True)
@@ -47,19 +48,6 @@ class ShardReport:
     peak_rss_mb: float  # the actor process's peak resident memory so far (for sizing; run.json reports the max)
 
 
-@dataclass(frozen=True)
-class SampleRequest:
-    """One image to render for samples.parquet: where it is, and which rank it holds in its split."""
-
-    split: str
-    rank: str  # best | median | worst, or top-<n> for the n-th image of ranking.parquet
-    image_id: str
-    error: float
-    source_index: int  # -1 for generated
-    source: str  # file URL (or generated:seed=<n>)
-    row: int
-
-
 def make_actor_class(config: AuditConfig):
     """AuditActor as a Ray actor class with the config's resources and Ray's fault tolerance.
 
@@ -74,6 +62,7 @@ def make_actor_class(config: AuditConfig):
         num_gpus=config.resources.gpus_per_actor,
         max_restarts=2,
         max_task_retries=2,
+        concurrency_groups={PROGRESS_GROUP: 1},  # progress() answers while a shard runs
     )(AuditActor)
 
 
@@ -91,6 +80,7 @@ class AuditActor:
         self.node = socket.gethostname()
         self.error: Exception | None = None
         self.encoder = None  # the learned start, loaded from the output's cache on first use
+        self.current: dict = {}  # the running shard's progress (progress())
         started = time.time()
         try:
             torch.set_num_threads(max(1, int(round(config.resources.cpus_per_actor))))
@@ -129,6 +119,20 @@ class AuditActor:
         return {"node": self.node, "device": str(self.generator.device), "shape": list(self.shape),
                 "load_seconds": round(self.load_seconds, 3), "pid": os.getpid()}
 
+    def progress(self) -> dict:
+        """The running shard's images done so far: {shard, done, total} (empty when idle). Called by the
+        driver in its own concurrency group (PROGRESS_GROUP), so it answers while run_shard works."""
+        return dict(self.current)
+
+    def _progress_for(self, shard_id: str, total: int):
+        """recover()'s progress callback for one shard: images finished so far, read by progress()."""
+        self.current = {"shard": shard_id, "done": 0, "total": total}
+
+        def report(done: int) -> None:
+            self.current = {"shard": shard_id, "done": done, "total": total}
+
+        return report
+
     # -----------------------------------------------------------------------------------------------------
 
     def run_shard(self, shard: Shard) -> ShardReport:
@@ -139,7 +143,6 @@ class AuditActor:
 
         if self.error is not None:
             raise self.error
-        _maybe_crash(shard.id)
         started = time.time()
         config, out, endpoint = self.config, self.config.output, self.config.storage.endpoint_url
         rejects: list[tuple[Item, str, str]] = []
@@ -173,72 +176,28 @@ class AuditActor:
             targets = torch.stack(tensors) if tensors else torch.empty((0, *self.shape))
             z0 = None
         failures = 0
-        if ids:
-            table = recovery.recover(self.generator, targets, ids, settings=config.recovery, feature_net=self.feature_net,
-                                     encoder=self._encoder())
-            results = _results_table(table, shard.split, where, rows, [content_hash(t.numpy()) for t in targets], z0,
-                                     described)
-            if "failure" in results.column_names and results.column("failure").null_count < results.num_rows:
-                # G gave no finite loss from any start: the image cannot be audited, so it is a rejects row.
-                failed = results.filter(pc.invert(pc.is_null(results.column("failure"))))
-                results = results.filter(pc.is_null(results.column("failure")))
-                failures = failed.num_rows
-                rejects += [(Item(r["image_id"], r["source"], r["row"], None), "recover", r["failure"])
-                            for r in failed.select(["image_id", "source", "row", "failure"]).to_pylist()]
-            if results.num_rows:
-                storage.put_atomic(outputs.results_url(out, shard.split, shard.id),
-                                   outputs.part_bytes(results, fingerprint=self.fingerprint, shard_id=shard.id), endpoint)
+        # keep_latent: samples are rendered from the stored latents, with no actor (issue 11)
+        table = recovery.recover(self.generator, targets, ids, settings=replace(config.recovery, keep_latent=True),
+                                 feature_net=self.feature_net, encoder=self._encoder(),
+                                 progress=self._progress_for(shard.id, len(ids)))  # targets [N, C, H, W]
+        results = _results_table(table, shard.split, where, rows, [content_hash(t.numpy()) for t in targets], z0,
+                                 described)
+        if "failure" in results.column_names and results.column("failure").null_count < results.num_rows:
+            # G gave no finite loss from any start: the image cannot be audited, so it is a rejects row.
+            failed = results.filter(pc.invert(pc.is_null(results.column("failure"))))
+            results = results.filter(pc.is_null(results.column("failure")))
+            failures = failed.num_rows
+            rejects += [(Item(r["image_id"], r["source"], r["row"], None), "recover", r["failure"])
+                        for r in failed.select(["image_id", "source", "row", "failure"]).to_pylist()]
+        # Always, even when empty, and before the rejects part: a retry whose rows all became rejects replaces
+        # the results part an earlier attempt left (issue 11); the rejects part, last, marks the shard done.
+        storage.put_atomic(outputs.results_url(out, shard.split, shard.id),
+                           outputs.part_bytes(results, fingerprint=self.fingerprint, shard_id=shard.id), endpoint)
         storage.put_atomic(outputs.rejects_url(out, shard.id),  # last: the shard's done marker
                            outputs.part_bytes(_rejects_table(rejects, shard.split), fingerprint=self.fingerprint,
                                               shard_id=shard.id), endpoint)
         return ShardReport(shard.id, shard.split, shard.size, shard.size - len(rejects), len(rejects), failures,
                            time.time() - started, self.node, peak_rss_mb())
-
-    def render_samples(self, requests: list[SampleRequest]) -> bytes:
-        """samples.parquet for a few images, as Parquet bytes: each image is recovered again (recover() is
-        deterministic per image, so this reproduces its results row) and rendered with its target."""
-        import torch
-
-        import recovery
-
-        if self.error is not None:
-            raise self.error
-        config, endpoint = self.config, self.config.storage.endpoint_url
-        output_range = config.generator.output_range
-        targets, ids = [], []
-        for req in requests:
-            if req.source_index < 0:
-                _, target = recovery.sample_generated(self.generator, [req.image_id], seed=config.targets.generated.seed,
-                                                      settings=config.recovery)
-                targets.append(target[0])
-            else:
-                src = config.targets.splits[req.split][req.source_index]
-                (item,) = read_items(src, [(req.source, [req.row])], config.base_dir, endpoint)
-                if item.image_id != req.image_id or item.data is None:
-                    raise RuntimeError(f"samples: {req.source} row {req.row} is no longer image {req.image_id!r}")
-                targets.append(recovery.to_target(item.data, shape=self.shape, output_range=output_range,
-                                                  upscale=config.targets.upscale))
-            ids.append(req.image_id)
-        stacked = torch.stack(targets) if targets else torch.empty((0, *self.shape))  # [N, C, H, W]
-        settings = replace(config.recovery, keep_latent=True, keep_trace=False)
-        table = recovery.recover(self.generator, stacked, ids, settings=settings, feature_net=self.feature_net,
-                                 encoder=self._encoder())
-        dim = int(np.prod(self.generator.latent.shape))
-        values = table.column("latent").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        latents = torch.from_numpy(np.array(values, dtype=np.float32).reshape(-1, dim))  # [N, D]: the recovered z
-        rendered = recovery.render(self.generator, latents, settings=config.recovery)  # [N, C, H, W]
-        samples = pa.table({
-            "image_id": pa.array(ids, pa.string()),
-            "split": pa.array([r.split for r in requests], pa.string()),
-            "rank": pa.array([r.rank for r in requests], pa.string()),
-            "error": table.column("error"),
-            "results_error": pa.array([r.error for r in requests], pa.float64()),  # the row's error, for comparison
-            "target": pa.array([recovery.to_png(t, output_range=output_range) for t in stacked], pa.binary()),
-            "recovery": pa.array([recovery.to_png(r, output_range=output_range) for r in rendered], pa.binary()),
-        })
-        buf = pa.BufferOutputStream()
-        pq.write_table(samples, buf)
-        return buf.getvalue().to_pybytes()
 
     def detector_task(self, name: str, *args):
         """A companion detectors' task (jobs.features.TASKS: features of a shard, kNN of a train block, pairs)."""
@@ -294,14 +253,3 @@ def peak_rss_mb() -> float:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
-
-
-def _maybe_crash(shard_id: str) -> None:
-    spec = os.environ.get(CRASH_ONCE_ENV)
-    if not spec:
-        return
-    target, _, marker = spec.partition(":")
-    if target == shard_id and marker and not os.path.exists(marker):
-        with open(marker, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        os._exit(1)

@@ -37,7 +37,7 @@ def parser(prog: str = "python -m jobs.audit") -> argparse.ArgumentParser:
                    help="override a config field, e.g. --set recovery.iterations=20 (repeatable; values are YAML)")
     p.add_argument("--actors", type=int, help="shorthand for --set resources.actors=N")
     p.add_argument("--max-shards", type=int, metavar="N", help="run at most N of the shards not yet done, then stop")
-    p.add_argument("--dry-run", action="store_true", help="validate the config, list the sources and print the plan")
+    p.add_argument("--dry-run", action="store_true", help="validate the config, load and check the generator on the CPU, list the sources and print the plan")
     p.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     p.add_argument("--fail-on", choices=("memorization", "inconclusive"),  # stats.exit_codes.FAIL_ON
                    help="exit 3 when the verdict is memorization; with 'inconclusive', also 4 when it is inconclusive "
@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
 
         found = checkpoints(config)  # a glob of checkpoints in the generator: one audit each (jobs.sweep)
         plan = make_plan(checkpoint_config(config, *found[0]) if found else config)  # lists sources, checks ids
+        from .preflight import load_generator_cpu
+
+        # G on this CPU with one small forward pass: a wrong latent shape is an error here, not on the cluster
+        generator = load_generator_cpu(checkpoint_config(config, *found[0]) if found else config)
         if args.dry_run:
             if found:
                 print(f"{describe(found)}; the first one's plan:")
@@ -73,6 +77,9 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
             print(f"output: {config.output}")
             return 0
         _check_output(config.output, config.storage.endpoint_url)  # a cheap write probe, before Ray starts
+        from .lease import check_free
+
+        check_free(config.output, config.storage.endpoint_url)  # another run's live output: refused before Ray starts
         check_history(config)
         started_ray, address = _connect(args.address)
         from .driver import run_audit
@@ -81,7 +88,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
             return run_sweep(config, found, plan=plan, fail_on=args.fail_on, overwrite=args.overwrite,
                              max_shards=args.max_shards, local=started_ray, address=address)
         outcome = run_audit(config, plan=plan, overwrite=args.overwrite, max_shards=args.max_shards,
-                            local=started_ray, address=address)
+                            local=started_ray, address=address, generator=generator)
         return record_or_fail(config, outcome, exit_code(outcome, args.fail_on))
     except (ConfigError, RecoveryError, StatsError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)

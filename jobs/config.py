@@ -160,6 +160,8 @@ class JobConfig:
         fails the shard (or the job) with an error naming the URL.
     storage_retry_seconds: the first retry's delay.
     actor_start_timeout: seconds to wait for the first actor (an autoscaling cluster may be adding nodes).
+    lease_timeout: seconds after its last heartbeat (renewed every lease_timeout / 4) that a run's lease on
+        the output lapses, so that another run may take the output over (jobs.lease).
     """
 
     shard_retries: int = 2
@@ -168,8 +170,11 @@ class JobConfig:
     storage_retries: int = 5
     storage_retry_seconds: float = 0.5
     actor_start_timeout: float = 900.0
+    lease_timeout: float = 120.0
 
     def _check(self, at: str) -> None:
+        if not self.lease_timeout > 0:
+            raise ConfigError(f"{at}.lease_timeout: must be > 0, got {self.lease_timeout}")
         if self.shard_retries < 0:
             raise ConfigError(f"{at}.shard_retries: must be >= 0, got {self.shard_retries}")
         if not 0 <= self.max_reject_fraction <= 1:
@@ -419,3 +424,17 @@ def _check_locations(config: AuditConfig) -> None:
     for name, url in places:
         if url and split_protocol(url)[0] == "memory":
             raise ConfigError(f"{name}: memory:// is private to one process, so Ray actors cannot read or write it; use a local path or an object store")
+    _check_output_root(config.output)
+
+
+def _check_output_root(output: str) -> None:
+    """An empty output or the root of a filesystem or bucket: --overwrite there would clear memaudit's files
+    from the root of everything, and parts would mix with unrelated data. A folder is required."""
+    protocol, path = split_protocol(output.strip()) if output.strip() else (None, "")
+    rest = path.strip("/")
+    if not output.strip():
+        raise ConfigError("output: empty; give a folder (a local path or e.g. s3://bucket/audits/run-1/)")
+    if protocol in (None, "file", "local") and not os.path.normpath(os.path.abspath(path)).strip("/"):
+        raise ConfigError(f"output: {output!r} is the filesystem root; give a folder for this audit")
+    if protocol not in (None, "file", "local") and "/" not in rest:
+        raise ConfigError(f"output: {output!r} is the root of a bucket; give a folder inside it, e.g. {output.rstrip('/')}/audits/run-1/")

@@ -15,7 +15,7 @@ import time
 from collections import deque
 from typing import Any
 
-from .actors import ShardReport, make_actor_class
+from .actors import PROGRESS_GROUP, ShardReport, make_actor_class
 from .config import AuditConfig
 from .errors import JobError
 from .plan import Shard
@@ -121,79 +121,133 @@ def prepare_encoder(actors: AuditActors, config: AuditConfig) -> None:
     log.info("learned start: encoder ready at %s (%.1fs)", url, time.time() - t)
 
 
-def run_shards(actors: AuditActors, shards: list[Shard], config: AuditConfig) -> tuple[list[ShardReport], dict[str, str]]:
-    """Run shards on the job's actors as they free up; returns (reports of done shards, {failed shard id: why})."""
-    import ray
+def run_shards(actors: AuditActors, shards: list[Shard], config: AuditConfig, *,
+               lease: Any = None) -> tuple[list[ShardReport], dict[str, str]]:
+    """Run shards on the job's actors as they free up; returns (reports of done shards, {failed shard id: why}).
 
+    lease: the run's jobs.lease.Lease; the loop stops (LeaseLost) as soon as another run took the output over.
+    """
     if not shards:
         return [], {}
     actors.start()
     prepare_encoder(actors, config)
-    retries, every = config.job.shard_retries, config.job.progress_seconds
-    queue: deque[tuple[Shard, int]] = deque((s, 0) for s in shards)
-    running: dict = {}  # ref -> (actor, shard, attempt)
-    probing: dict = {}  # ping ref -> actor, after its task died with it
-    reports: list[ShardReport] = []
-    failed: dict[str, str] = {}
-    progress = Progress(total_shards=len(shards), total_images=sum(s.size for s in shards))
-    next_line = time.time() + every
-    while queue or running:
-        while actors.idle and queue:
-            actor = actors.idle.popleft()
-            shard, attempt = queue.popleft()
-            running[actor.run_shard.remote(shard)] = (actor, shard, attempt)
-            progress.begin()
-        waiting = list(running) + list(actors.starting) + list(probing)
-        if not waiting:
-            for shard, _ in queue:
-                failed[shard.id] = "no actor is left to run it"
-            queue.clear()
-            break
-        if not actors.idle and not running and time.time() - actors.created > config.job.actor_start_timeout:
-            res = config.resources
-            raise JobError(f"no actor started within {config.job.actor_start_timeout:g}s; each needs "
-                           f"{res.cpus_per_actor:g} CPUs and {res.gpus_per_actor:g} GPUs, the cluster has "
-                           f"{_resources()} (see `ray status`)")
-        ready, _ = ray.wait(waiting, num_returns=1, timeout=max(0.05, next_line - time.time()))
-        for ref in ready:
-            if ref in actors.starting:
-                actors.on_ready(ref, actors.starting[ref])
-                continue
-            if ref in probing:
-                actor = probing.pop(ref)
-                try:
-                    ray.get(ref)
-                    actors.idle.append(actor)
-                except ray.exceptions.RayError:
-                    log.warning("an actor is gone for good; %d left", len(actors.handles) - 1)
-                    actors.drop(actor)
-                continue
-            actor, shard, attempt = running.pop(ref)
+    return _ShardLoop(actors, shards, config, lease).run()
+
+
+class _ShardLoop:
+    """The dispatch loop's state: queued and running shards, actors being probed, progress polls."""
+
+    def __init__(self, actors: AuditActors, shards: list[Shard], config: AuditConfig, lease: Any) -> None:
+        self.actors, self.config, self.lease = actors, config, lease
+        self.queue: deque[tuple[Shard, int]] = deque((s, 0) for s in shards)
+        self.running: dict = {}  # ref -> (actor, shard, attempt)
+        self.probing: dict = {}  # ping ref -> actor, after its task died with it
+        self.polls: dict = {}  # progress() ref -> shard id
+        self.reports: list[ShardReport] = []
+        self.failed: dict[str, str] = {}
+        self.progress = Progress(total_shards=len(shards), total_images=sum(s.size for s in shards))
+
+    def run(self) -> tuple[list[ShardReport], dict[str, str]]:
+        import ray
+
+        every = self.config.job.progress_seconds
+        poll_every = min(every, 1.0 if self.progress.bar else every / 2)
+        next_line, next_poll = time.time() + every, time.time() + poll_every
+        while self.queue or self.running:
+            if self.lease is not None:
+                self.lease.check()
+            self._dispatch()
+            if not (self.running or self.actors.starting or self.probing):
+                for shard, _ in self.queue:
+                    self.failed[shard.id] = "no actor is left to run it"
+                self.queue.clear()
+                break
+            self._check_start_timeout()
+            waiting = list(self.running) + list(self.actors.starting) + list(self.probing) + list(self.polls)
+            ready, _ = ray.wait(waiting, num_returns=1, timeout=max(0.05, min(next_line, next_poll) - time.time()))
+            for ref in ready:
+                self._handle(ref)
+            if time.time() >= next_poll:
+                self._poll()
+                self.progress.draw()
+                next_poll = time.time() + poll_every
+            if time.time() >= next_line:
+                busy = len({id(a) for a, _, _ in self.running.values()})
+                self.progress.log(f", actors {busy} busy/{len(self.actors.idle)} idle/{len(self.actors.starting)} starting")
+                next_line = time.time() + every
+        self.progress.log(final=True)
+        return self.reports, self.failed
+
+    def _dispatch(self) -> None:
+        while self.actors.idle and self.queue:
+            actor = self.actors.idle.popleft()
+            shard, attempt = self.queue.popleft()
+            self.running[actor.run_shard.remote(shard)] = (actor, shard, attempt)
+            self.progress.begin()
+
+    def _check_start_timeout(self) -> None:
+        timeout = self.config.job.actor_start_timeout
+        if not self.actors.idle and not self.running and time.time() - self.actors.created > timeout:
+            res = self.config.resources
+            raise JobError(f"no actor started within {timeout:g}s; each needs {res.cpus_per_actor:g} CPUs and "
+                           f"{res.gpus_per_actor:g} GPUs, the cluster has {_resources()} (see `ray status`)")
+
+    def _poll(self) -> None:
+        """Ask every busy actor (without a poll in flight) how far its shard is: images, not shards (issue 11)."""
+        asked = set(self.polls.values())
+        for actor, shard, _ in self.running.values():
+            if shard.id not in asked:
+                self.polls[actor.progress.options(concurrency_group=PROGRESS_GROUP).remote()] = shard.id
+
+    def _handle(self, ref) -> None:
+        import ray
+
+        if ref in self.actors.starting:
+            self.actors.on_ready(ref, self.actors.starting[ref])
+        elif ref in self.polls:
+            shard_id = self.polls.pop(ref)
             try:
-                report = ray.get(ref)
-            except ray.exceptions.RayTaskError as exc:  # raised by our code in the actor
-                actors.idle.append(actor)  # at the back: a retry goes to another actor when there is one
-                if attempt < retries:
-                    log.warning("shard %s failed (%s); retry %d of %d", shard.id, reason(exc), attempt + 1, retries)
-                    queue.appendleft((shard, attempt + 1))
-                else:
-                    failed[shard.id] = reason(exc)
-                    log.error("shard %s failed after %d attempts: %s", shard.id, attempt + 1, failed[shard.id])
-                continue
-            except ray.exceptions.RayError as exc:  # the actor died, and Ray's own retries are spent
-                failed[shard.id] = f"actor died: {reason(exc)}"
-                log.error("shard %s failed: %s", shard.id, failed[shard.id])
-                probing[actor.ping.remote()] = actor
-                continue
-            actors.idle.append(actor)
-            reports.append(report)
-            progress.add(report)
-        if time.time() >= next_line:
-            busy = len({id(a) for a, _, _ in running.values()})
-            log.info("%s", progress.line() + f", actors {busy} busy/{len(actors.idle)} idle/{len(actors.starting)} starting")
-            next_line = time.time() + every
-    log.info("%s", progress.line(final=True))
-    return reports, failed
+                state = ray.get(ref)
+            except ray.exceptions.RayError:
+                return  # the actor is busy dying: its shard's fate comes through run_shard
+            if state.get("shard") == shard_id and any(s.id == shard_id for _, s, _ in self.running.values()):
+                self.progress.partial[shard_id] = int(state.get("done", 0))
+        elif ref in self.probing:
+            actor = self.probing.pop(ref)
+            try:
+                ray.get(ref)
+                self.actors.idle.append(actor)
+            except ray.exceptions.RayError:
+                log.warning("an actor is gone for good; %d left", len(self.actors.handles) - 1)
+                self.actors.drop(actor)
+        else:
+            self._finished(ref)
+
+    def _finished(self, ref) -> None:
+        import ray
+
+        actor, shard, attempt = self.running.pop(ref)
+        self.progress.partial.pop(shard.id, None)
+        try:
+            report = ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:  # raised by our code in the actor (a storage outage among them)
+            self.actors.idle.append(actor)  # at the back: a retry goes to another actor when there is one
+            if attempt < self.config.job.shard_retries:
+                log.warning("shard %s failed (%s); retry %d of %d", shard.id, reason(exc), attempt + 1,
+                            self.config.job.shard_retries)
+                self.queue.appendleft((shard, attempt + 1))
+            else:
+                self.failed[shard.id] = reason(exc)
+                log.error("shard %s failed after %d attempts: %s", shard.id, attempt + 1, self.failed[shard.id])
+            return
+        except ray.exceptions.RayError as exc:  # the actor died, and Ray's own retries are spent
+            self.failed[shard.id] = f"actor died: {reason(exc)}"
+            log.error("shard %s failed: %s", shard.id, self.failed[shard.id])
+            self.probing[actor.ping.remote()] = actor
+            return
+        self.actors.idle.append(actor)
+        self.reports.append(report)
+        self.progress.add(report)
 
 
 def reason(exc: BaseException) -> str:

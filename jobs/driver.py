@@ -15,12 +15,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import outputs, samples, storage
+from . import models, outputs, preflight, samples, storage
 from .config import GENERATED, AuditConfig
 from .detectors import run_detectors
 from .dispatch import AuditActors, run_shards
 from .errors import ConfigError, JobError
-from .plan import Plan, make_plan
+from .lease import Lease
+from .plan import Plan, generated_ids, make_plan
 from .runinfo import finished, new_run_info, now
 
 log = logging.getLogger("memaudit")
@@ -40,7 +41,7 @@ class Outcome:
 
 
 def run_audit(config: AuditConfig, *, plan: Plan | None = None, overwrite: bool = False, max_shards: int | None = None,
-              local: bool = True, address: str | None = None) -> Outcome:
+              local: bool = True, address: str | None = None, generator: Any = None) -> Outcome:
     """Run (or resume) one audit on the Ray instance this process is connected to.
 
     Args:
@@ -50,61 +51,96 @@ def run_audit(config: AuditConfig, *, plan: Plan | None = None, overwrite: bool 
         max_shards: run at most this many of the shards not yet done, then stop (resume later).
         local: Ray was started by this process for this job (resources are then checked strictly).
         address: the Ray address, for run.json.
+        generator: the generator loaded on the CPU by preflight.load_generator_cpu (loaded here if None); it
+            renders the report's samples.
 
     Returns:
         Outcome with the exit code and run.json's contents.
 
     Raises:
-        ConfigError: the output holds another audit; a resource no node can provide (local).
+        ConfigError: the output holds another audit or is in use by a live run; a resource no node can
+            provide (local); a local output on a multi-node cluster.
         recovery.RecoveryError: the generator cannot be loaded.
     """
     started, t0 = now(), time.time()
     storage.configure(config.job.storage_retries, config.job.storage_retry_seconds)
     plan = plan or make_plan(config)
+    models.check_labels(config, plan)  # issue 13: a label outside generator.classes is refused before any actor starts
     out, endpoint = config.output, config.storage.endpoint_url
     fitting = fit_actors(config, local=local)  # before anything is written: a resource no node has is a user error
-    done, previous = outputs.prepare(out, fingerprint=plan.fingerprint, config=config.to_dict(), overwrite=overwrite,
-                                     endpoint_url=endpoint)
+    _check_placement(config)  # a local output on a multi-node cluster: refused before any actor starts
+    generator = generator if generator is not None else preflight.load_generator_cpu(config)
+    lease, done, info = _take_output(config, plan, overwrite=overwrite, started=started, address=address)
     pending = [s for s in plan.shards if s.id not in done]
     log.info("plan: %s", plan.describe().replace("\n", "\n  "))
-    log.info("output: %s (%d shards already done%s)", out, len(done & {s.id for s in plan.shards}),
-             ", overwritten" if overwrite else "")
+    log.info("output: %s (%d shards already done%s)", out, len(done), ", overwritten" if overwrite else "")
     if max_shards is not None:
         pending = pending[:max_shards]
-    info = new_run_info(config, plan, started=started, previous=previous, address=address)
-    outputs.write_run_info(out, info, endpoint)
+    lease.start_heartbeat()
 
     pool = AuditActors(config, plan.fingerprint, count=max(1, min(fitting, len(pending))))
     try:
         started_shards = time.time()
         info["timing_s"] = {"prepare": round(started_shards - t0, 3)}
-        reports, failed = run_shards(pool, pending, config)
+        reports, failed = run_shards(pool, pending, config, lease=lease)
         info["timing_s"]["actor_start"] = None if pool.first_ready is None else round(pool.first_ready, 3)
         info["timing_s"]["shards"] = round(time.time() - started_shards, 3)  # includes actor_start
         info["shards_run"] = [r.shard_id for r in reports]
         info["failed_shards"] = failed
         info["memory_mb"] = {"actors_peak": max((r.peak_rss_mb for r in reports), default=None)}
-        remaining = [s.id for s in plan.shards if s.id not in done and s.id not in {r.shard_id for r in reports}]
+        ran = {r.shard_id for r in reports}  # once: a set per shard made this quadratic (issue 11)
+        remaining = [s.id for s in plan.shards if s.id not in done and s.id not in ran]
         if failed:
             shown = "; ".join(f"{k} ({v})" for k, v in list(failed.items())[:5])
             log.error("%d shards failed: %s. The other shards' results are kept; re-run the same command to retry "
                       "only the missing shards.", len(failed), shown)
-            return _finish(info, config, t0, "failed", 1, failed=failed)
+            return _finish(info, lease, t0, "failed", 1, failed=failed)
         if remaining:
             log.info("stopped after %d shards (--max-shards); %d shards remain: re-run the same command to finish",
                      len(reports), len(remaining))
             info["shards_remaining"] = len(remaining)
-            return _finish(info, config, t0, "partial", 0)
-        return _reduce(pool, config, plan, info, t0)
+            return _finish(info, lease, t0, "partial", 0)
+        return _reduce(pool, config, plan, info, t0, lease, generator)
     except BaseException as exc:  # a bad generator, no actor, Ctrl-C: run.json says so, then the error goes on
         info["error"] = f"{type(exc).__name__}: {exc}"
         try:
-            _finish(info, config, t0, "failed", 1)
+            _finish(info, lease, t0, "failed", 1)
         except Exception:  # noqa: BLE001 - the original error matters more than this bookkeeping
             log.warning("could not record the failure in run.json")
         raise
     finally:
         pool.close()
+
+
+def _take_output(config: AuditConfig, plan: Plan, *, overwrite: bool, started: str,
+                 address: str | None) -> tuple[Lease, set[str], dict]:
+    """Take the run lease on the output (refused while another run is live) and find the shards already done;
+    with overwrite, clear the output's other memaudit files first. Returns (the lease, done shard ids, the
+    run.json written)."""
+    out, endpoint = config.output, config.storage.endpoint_url
+    planned = {s.id: s.split for s in plan.shards}
+    found: dict = {"done": set()}
+
+    def make_info(previous: dict | None) -> dict:
+        if not overwrite:
+            by_id = {s.id: s for s in plan.shards}
+            found["done"] = outputs.prepare(out, fingerprint=plan.fingerprint, config=config.to_dict(),
+                                            previous=previous, planned=planned, endpoint_url=endpoint,
+                                            expected=lambda sid: plan.image_ids(by_id[sid]))
+        found["info"] = new_run_info(config, plan, started=started, previous=None if overwrite else previous,
+                                     address=address)
+        return found["info"]
+
+    lease, _ = Lease.acquire(out, endpoint, timeout=config.job.lease_timeout, make_info=make_info, replace=overwrite)
+    if overwrite:
+        outputs.clear(out, endpoint)  # after the lease is ours: never under a live run
+    return lease, found["done"], found["info"]
+
+
+def _check_placement(config: AuditConfig) -> None:
+    import ray
+
+    preflight.check_placement(config, ray.nodes(), ray.get_runtime_context().get_node_id())
 
 
 def fit_actors(config: AuditConfig, *, local: bool) -> int:
@@ -144,34 +180,38 @@ def fit_actors(config: AuditConfig, *, local: bool) -> int:
 # Reduce, samples, report
 
 
-def _reduce(pool: AuditActors, config: AuditConfig, plan: Plan, info: dict, t0: float) -> Outcome:
+def _reduce(pool: AuditActors, config: AuditConfig, plan: Plan, info: dict, t0: float, lease: Lease, generator: Any) -> Outcome:
     import stats
     import stats.checks
 
     started = time.time()
     out, endpoint = config.output, config.storage.endpoint_url
     options = storage.storage_options(out, endpoint)
-    columns = tuple(dict.fromkeys(stats.io.STATS_COLUMNS + ("source", "row", "target_hash")))
+    columns = tuple(dict.fromkeys(stats.io.STATS_COLUMNS + ("source", "row", "target_hash") + models.result_columns(config)))
+    outputs.check_parts(out, fingerprint=plan.fingerprint, planned={s.id: s.split for s in plan.shards},
+                        endpoint_url=endpoint)  # no part of another run or config is ever reduced (issue 11)
     if not _any_results(out, endpoint):
         log.error("every image was rejected, so there is nothing to reduce; see %s", storage.join(out, "rejects"))
-        return _finish(info, config, t0, "failed", 1)
+        return _finish(info, lease, t0, "failed", 1)
     results, rejects, _, _ = stats.read_output(out, storage_options=options, columns=columns)
     try:
         counts = stats.checks.check_complete(results, rejects, plan.images)
     except stats.StatsError as exc:  # the parts do not add up to the plan: the output is inconsistent
         raise JobError(str(exc)) from None
+    _check_written_ids(plan, results, rejects)
     info["counts"] = counts
     overlap = stats.checks.overlaps(results, config.stats.pairs)
     if overlap:
         message = f"{overlap[0]}. Fix the sources; the parts are kept for inspection."
         log.error("%s", message)
         info["refused"] = message
-        return _finish(info, config, t0, "refused", 1)
+        return _finish(info, lease, t0, "refused", 1)
     log.info("reducing %d results and %d rejects with stats", results.num_rows, 0 if rejects is None else rejects.num_rows)
     companions = run_detectors(pool, config, plan, results)  # None unless `detectors` lists companions (issue 12)
-    reduction = stats.reduce(results, rejects, settings=config.stats,
-                             detectors=None if companions is None else companions.detectors)
-    rendered = samples.render(pool, config, plan, results, reduction.ranking)
+    scores, detectors = models.finish(config, results, None if companions is None else companions.detectors)
+    companions = models.with_detectors(companions, detectors)  # the discriminator check's row joins the detectors'
+    reduction = stats.reduce(results, rejects, settings=config.stats, detectors=detectors)
+    rendered = samples.render(generator, config, plan, results, reduction.ranking)  # on the CPU, from the parts
     if rendered is not None:
         storage.put_atomic(outputs.file_url(out, "samples.parquet"), rendered, endpoint)
         rendered = samples.table_from_parquet(rendered)
@@ -179,9 +219,10 @@ def _reduce(pool: AuditActors, config: AuditConfig, plan: Plan, info: dict, t0: 
     info["timing_s"]["reduce_and_report"] = round(time.time() - started, 3)
     info = finished(info, t0, "done")
     html = stats.render_report(reduction, results=results, rejects=rejects, samples=rendered, run_info=info,
-                               companions=companions)
+                               companions=companions, discriminator=scores)
+    lease.check()  # another run took the output over while this one reduced: write nothing more
     stats.write_outputs(out, reduction, html, storage_options=options)
-    outputs.write_run_info(out, info, endpoint)
+    lease.release(info)
     log.info("summary:\n%s", stats.format_summary(reduction))
     real = [s for s in counts if s != GENERATED]
     audited = sum(counts[s]["images"] for s in real)
@@ -195,16 +236,38 @@ def _reduce(pool: AuditActors, config: AuditConfig, plan: Plan, info: dict, t0: 
     return Outcome(0, info, reduction)
 
 
+def _check_written_ids(plan: Plan, results, rejects) -> None:
+    """Every row's id is a planned id of its split (with check_complete's counts and no repeats: the written
+    ids are exactly the planned ones; issue 15). Raises JobError naming a few strays."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for split, n in plan.images.items():
+        want = generated_ids(0, n) if split == GENERATED else plan.ids.get(split)
+        if want is None:
+            continue
+        got = [t.filter(pc.equal(t.column("split"), split)).column("image_id").cast(pa.string())
+               for t in (results, rejects) if t is not None and t.num_rows]
+        if not got:
+            continue
+        every = pa.chunked_array([c for g in got for c in g.chunks], pa.string())
+        stray = every.filter(pc.invert(pc.is_in(every, value_set=pa.array(want, pa.string())))).to_pylist()
+        if stray:
+            raise JobError(f"output: split {split} has {len(stray)} rows for images the plan does not have, e.g. "
+                           f"{stray[:3]}; re-run with --overwrite")
+
+
 def _any_results(out: str, endpoint: str | None) -> bool:
-    fs, path = storage.filesystem(storage.join(out, "results"), endpoint)
-    fs.invalidate_cache(path)
-    try:
-        return any(p.endswith(".parquet") for p in fs.find(path))
-    except FileNotFoundError:
-        return False
+    """Whether any results part has a row (parts of all-rejected shards are empty), from their footers."""
+    import pyarrow.dataset as ds
+
+    files = outputs.results_files(out, endpoint)
+    fs, _ = storage.filesystem(out, endpoint)
+    return bool(files) and ds.dataset(files, filesystem=fs, format="parquet").count_rows() > 0
 
 
-def _finish(info: dict, config: AuditConfig, t0: float, status: str, code: int, failed: dict | None = None) -> Outcome:
+def _finish(info: dict, lease: Lease, t0: float, status: str, code: int, failed: dict | None = None) -> Outcome:
+    """End this invocation with `status`: the final run.json, and the output's lease given up."""
     info = finished(info, t0, status)
-    outputs.write_run_info(config.output, info, config.storage.endpoint_url)
+    lease.release(info)
     return Outcome(code, info, None, failed or {})

@@ -1,29 +1,33 @@
 """The output layout (DESIGN §5), part files with their fingerprint, and the resume bookkeeping.
 
-    <out>/results/split=<split>/part-<shard>.parquet   written by an actor, first (absent if every image was rejected)
+    <out>/results/split=<split>/part-<shard>.parquet   written by an actor, first, always (maybe empty)
     <out>/rejects/part-<shard>.parquet                 written by the actor last, always (maybe empty): the shard's
                                                        done marker
     <out>/samples.parquet  summary.parquet  tests.parquet  histograms.parquet  ranking.parquet  report.html  run.json
 
 Each part is one atomic put and carries the run's fingerprint in its Parquet schema metadata
-(b"memaudit.fingerprint"), so resume decides from footers alone: a shard is done when its rejects part
-exists with the current fingerprint. A results part without its rejects part (an actor died between the
-two puts) is simply rewritten, with the same rows, when the shard runs again.
+(b"memaudit.fingerprint"), so resume decides from footers alone: a shard is done when its results part and
+its rejects part exist with the current fingerprint. A results part without its rejects part (an actor
+died between the two puts), or a part that cannot be read, is simply rewritten when the shard runs again.
+Before reducing, check_parts refuses any part that does not carry this run's fingerprint. Writing is
+guarded by the run lease (jobs.lease): one live run per output.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import storage
-from .errors import ConfigError
+from .errors import ConfigError, JobError
 
+log = logging.getLogger("memaudit")
 FINGERPRINT_KEY = b"memaudit.fingerprint"
 SHARD_KEY = b"memaudit.shard"
 # Everything memaudit writes under <out>: --overwrite removes these and nothing else.
@@ -90,43 +94,168 @@ def read_run_info(out: str, endpoint_url: str | None) -> dict[str, Any] | None:
 
 
 def write_run_info(out: str, info: dict, endpoint_url: str | None) -> None:
-    data = json.dumps(info, indent=2, sort_keys=False, default=str).encode()
-    storage.put_atomic(file_url(out, "run.json"), data, endpoint_url)
+    storage.put_atomic(file_url(out, "run.json"), run_info_bytes(info), endpoint_url)
 
 
-def prepare(out: str, *, fingerprint: str, config: dict, overwrite: bool, endpoint_url: str | None) -> tuple[set[str], dict | None]:
-    """Check an output against this run and find the shards already done.
+def run_info_bytes(info: dict) -> bytes:
+    """run.json's bytes (jobs.lease writes them conditionally)."""
+    return json.dumps(info, indent=2, sort_keys=False, default=str).encode()
+
+
+def prepare(out: str, *, fingerprint: str, config: dict, previous: dict | None, planned: dict[str, str],
+            endpoint_url: str | None, expected: Callable[[str], list[str] | None] | None = None) -> set[str]:
+    """Check an output against this run and find the shards already done (the caller holds the run lease).
+
+    A shard is done when its results part (always written first, maybe empty) and then its rejects part
+    both exist, both readable and both with `fingerprint`. A part that is missing or unreadable (a corrupt
+    object, a crash between the two puts) makes its shard not done: it runs again, and the log names it.
+
+    Args:
+        previous: the output's run.json (None if there is none).
+        planned: shard id -> split, for every shard of this run's plan.
+        expected: shard id -> the image ids planned for it (Plan.image_ids); then a shard is done only when its
+            two parts hold exactly those ids, one row each (issue 15: ids, not counts).
 
     Returns:
-        (ids of shards whose rejects part carries `fingerprint`, the previous run.json or None).
+        the ids of the done shards.
 
     Raises:
-        ConfigError: the output holds an audit of a different config (or data listing) and not `overwrite`.
+        ConfigError: the output holds an audit of a different config (or data listing).
     """
-    if overwrite:
-        clear(out, endpoint_url)
-        return set(), None
-    previous = read_run_info(out, endpoint_url)
     if previous is not None and previous.get("fingerprint") != fingerprint:
         raise ConfigError(_conflict(out, previous, config))
-    parts = storage.list_files(storage.join(out, "rejects"), endpoint_url, suffix=".parquet")
-    parts = [p for p in parts if p.rsplit("/", 1)[-1].startswith("part-")]
+    markers = storage.list_files(storage.join(out, "rejects"), endpoint_url, suffix=".parquet")
+    pairs = [(_shard_of(m), m) for m in markers if m.rsplit("/", 1)[-1].startswith("part-")]
+    pairs = [(sid, m, results_url(out, planned[sid], sid)) for sid, m in pairs if sid in planned]
     with ThreadPoolExecutor(max_workers=16) as pool:
-        prints = list(pool.map(lambda p: read_fingerprint(p, endpoint_url), parts))
+        prints = list(pool.map(lambda p: (_footer(p[1], endpoint_url), _footer(p[2], endpoint_url)), pairs))
     done = set()
+    for (sid, marker, part), (fp_marker, fp_part) in zip(pairs, prints):
+        if _is_fingerprint(fp_marker) and fp_marker != fingerprint:
+            raise ConfigError(_conflict(out, previous, config, part=marker))
+        if fp_marker != fingerprint or fp_part != fingerprint:
+            why = fp_marker if fp_marker != fingerprint else fp_part
+            if _is_fingerprint(why):
+                why = f"its results part {part} carries another fingerprint"
+            log.warning("resume: shard %s is not done (%s); it runs again", sid, why)
+            continue
+        done.add(sid)
+    if expected is not None:
+        done -= _wrong_ids(out, sorted(done), planned, expected, endpoint_url)
+    return done
+
+
+def _wrong_ids(out: str, shards: list[str], planned: dict[str, str], expected: Callable[[str], list[str] | None],
+               endpoint_url: str | None) -> set[str]:
+    """The shards whose results and rejects parts do not hold exactly their planned ids (logged, each)."""
+    def written(sid: str) -> list[str]:
+        ids: list[str] = []
+        for url in (results_url(out, planned[sid], sid), rejects_url(out, sid)):
+            fs, path = storage.filesystem(url, endpoint_url)
+            table = storage.retrying(lambda: pq.read_table(path, columns=["image_id"], filesystem=fs), f"reading {url}")
+            ids.extend(table.column("image_id").cast(pa.string()).to_pylist())
+        return ids
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        found = list(pool.map(written, shards))
+    wrong = set()
+    for sid, ids in zip(shards, found):
+        want = expected(sid)
+        if want is not None and sorted(ids) != sorted(want):
+            missing, extra = sorted(set(want) - set(ids)), sorted(set(ids) - set(want))
+            log.warning("resume: shard %s is not done (its parts hold %d rows for %d planned images; missing e.g. %s, "
+                        "not planned e.g. %s); it runs again", sid, len(ids), len(want), missing[:2], extra[:2])
+            wrong.add(sid)
+    return wrong
+
+
+def _shard_of(url: str) -> str:
+    return url.rsplit("/", 1)[-1][len("part-"):-len(".parquet")]
+
+
+def _is_fingerprint(value: str | None) -> bool:
+    return isinstance(value, str) and len(value) == 64 and " " not in value
+
+
+def _footer(url: str, endpoint_url: str | None) -> str:
+    """A part's fingerprint; else why there is none: 'missing <url>' or 'unreadable <url> (...)'."""
+    try:
+        fp = read_fingerprint(url, endpoint_url)
+    except FileNotFoundError:
+        return f"missing {url}"
+    except storage.StorageError:
+        raise  # the store is down: not a verdict on the part
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        return f"unreadable {url} ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
+    return fp if fp is not None else f"unreadable {url} (no memaudit.fingerprint in its metadata)"
+
+
+def results_files(out: str, endpoint_url: str | None) -> list[str]:
+    """The results parts under <out>/results (paths inside the output's filesystem), found by pyarrow.dataset
+    (which skips the '.tmp-' files of writes in progress)."""
+    import pyarrow.dataset as ds
+
+    fs, path = storage.filesystem(storage.join(out, "results"), endpoint_url)
+    fs.invalidate_cache(path)
+    if not storage.retrying(lambda: fs.exists(path), f"checking {out}/results"):
+        return []
+    found = storage.retrying(lambda: ds.dataset(path, filesystem=fs, format="parquet").files, f"listing {out}/results")
+    return sorted(f for f in found if f.rsplit("/", 1)[-1].startswith("part-"))
+
+
+def check_parts(out: str, *, fingerprint: str, planned: dict[str, str], endpoint_url: str | None) -> None:
+    """Before reducing: every results and rejects part under <out> carries this run's fingerprint and a planned
+    shard id, so rows of another run (or of another config) are never mixed into the tables (issue 11).
+
+    Raises:
+        JobError: naming the first part that does not belong to this run.
+    """
+    markers = storage.list_files(storage.join(out, "rejects"), endpoint_url, suffix=".parquet")
+    results = [storage.with_protocol(out, p) for p in results_files(out, endpoint_url)]
+    parts = [p for p in markers + results if p.rsplit("/", 1)[-1].startswith("part-")]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        prints = list(pool.map(lambda p: _footer(p, endpoint_url), parts))
     for url, fp in zip(parts, prints):
-        if fp != fingerprint:
-            raise ConfigError(_conflict(out, previous, config, part=url))
-        done.add(url.rsplit("/", 1)[-1][len("part-"):-len(".parquet")])
-    return done, previous
+        if fp == fingerprint and _shard_of(url) in planned:
+            continue
+        why = ("another run's fingerprint" if _is_fingerprint(fp) else fp) if fp != fingerprint else "a shard not in the plan"
+        raise JobError(f"output: {url} does not belong to this run ({why}), so the output cannot be reduced; "
+                       "re-run the same command to rewrite its shard, or use --overwrite")
 
 
-def clear(out: str, endpoint_url: str | None) -> None:
-    """Remove what memaudit wrote under `out` (OWN_FILES, OWN_DIRS); anything else there is left alone."""
+PART_DIRS = ("results", "rejects")  # their files are recognised one by one: name pattern and fingerprint metadata
+
+
+def clear(out: str, endpoint_url: str | None, *, keep: tuple[str, ...] = ("run.json",)) -> None:
+    """Remove what memaudit wrote under `out` and nothing else (--overwrite): in results/ and rejects/ the
+    `part-*.parquet` files that carry memaudit's fingerprint metadata (and the `.tmp-` files of interrupted
+    local writes), the other OWN_DIRS whole, and OWN_FILES but `keep` (run.json: it holds this run's lease).
+    A file of anyone else's, even inside results/, is left alone."""
+    for name in PART_DIRS:
+        for url in own_parts(storage.join(out, name), endpoint_url):
+            storage.remove(url, endpoint_url)
     for name in OWN_DIRS:
-        storage.remove(storage.join(out, name), endpoint_url, recursive=True)
+        if name not in PART_DIRS:
+            storage.remove(storage.join(out, name), endpoint_url, recursive=True)
     for name in OWN_FILES:
-        storage.remove(file_url(out, name), endpoint_url)
+        if name not in keep:
+            storage.remove(file_url(out, name), endpoint_url)
+
+
+def own_parts(folder: str, endpoint_url: str | None) -> list[str]:
+    """The files under `folder` that memaudit wrote: part-*.parquet with a memaudit.fingerprint in their footer."""
+    fs, path = storage.filesystem(folder, endpoint_url)
+    fs.invalidate_cache(path)
+    try:
+        found = storage.retrying(lambda: fs.find(path), f"listing {folder}")
+    except FileNotFoundError:
+        return []
+    urls = [storage.with_protocol(folder, p) for p in found]
+    temps = [u for u in urls if u.rsplit("/", 1)[-1].startswith(".tmp-") and u.endswith(".parquet")]
+    parts = [u for u in urls if u.rsplit("/", 1)[-1].startswith("part-") and u.endswith(".parquet")]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        prints = list(pool.map(lambda u: _footer(u, endpoint_url), parts))
+    return temps + [u for u, fp in zip(parts, prints) if _is_fingerprint(fp)]
 
 
 def _conflict(out: str, previous: dict | None, config: dict, part: str | None = None) -> str:

@@ -58,6 +58,17 @@ class Plan:
     images: dict[str, int]  # split -> images selected (what the results and rejects will hold)
     available: dict[str, int]  # split -> rows in the sources, before targets.limit
     listings: dict[str, tuple[SourceListing, ...]] = field(default_factory=dict)
+    ids: dict[str, list[str]] = field(default_factory=dict, repr=False)  # real split -> its ids, in shard order
+    offsets: dict[str, int] = field(default_factory=dict, repr=False)  # shard id -> where its source starts in ids
+
+    def image_ids(self, shard: Shard) -> list[str] | None:
+        """The ids planned for one shard, in order (None when the plan was made without ids, check=False)."""
+        if shard.generated:
+            return generated_ids(shard.start, shard.stop)
+        if shard.split not in self.ids:
+            return None
+        base = self.offsets[shard.id]
+        return self.ids[shard.split][base + shard.start:base + shard.stop]
 
     @property
     def total_images(self) -> int:
@@ -86,43 +97,30 @@ def generated_ids(start: int, stop: int) -> list[str]:
 def make_plan(config: AuditConfig, *, check: bool = True) -> Plan:
     """List every source, select rows (targets.limit), check ids (check=True) and cut shards.
 
+    Cost: O(n log n) in the n listed rows (one binary search per selected row to find its file; ids and
+    shards are built in one pass), plus the store's listing (benchmarks/plan_scaling.py).
+
     Raises:
         ConfigError: a source with no files or a bad column, duplicate ids, train/val id overlap.
     """
     targets = config.targets
-    endpoint = config.storage.endpoint_url
     shards: list[Shard] = []
     images: dict[str, int] = {}
     available: dict[str, int] = {}
     listings: dict[str, tuple[SourceListing, ...]] = {}
     ids_by_split: dict[str, list[str | None]] = {}
+    offsets: dict[str, int] = {}
     for split, sources in targets.splits.items():
-        found = []
-        for i, src in enumerate(sources):
-            try:
-                found.append(list_source(split, i, src, endpoint))
-            except SourceError as exc:
-                raise ConfigError(f"targets.{split}[{i}].{exc}") from None
-        listings[split] = tuple(found)
-        total = sum(listing.total for listing in found)
-        selected = select_rows(total, targets.limit_for(split), targets.limit_seed, split)  # split-wide positions
-        available[split], images[split] = total, len(selected)
-        offset = 0
-        per_source = []
-        for listing in found:
-            lo, hi = np.searchsorted(selected, [offset, offset + listing.total])
-            per_source.append((listing, selected[lo:hi] - offset))  # positions inside this source
-            offset += listing.total
+        listings[split] = _list_split(config, split, sources)
+        per_source, available[split], images[split] = _select(config, split, listings[split])
         if check:
-            with ThreadPoolExecutor(max_workers=8) as pool:
-                parts = list(pool.map(lambda lp: read_ids(lp[0], lp[1], config.base_dir, endpoint), per_source))
-            ids_by_split[split] = [i for part in parts for i in part]
+            ids_by_split[split] = _ids(config, per_source)
+        offset = 0
         for listing, positions in per_source:
-            key = config.identity(listing.source.uri)
-            for start in range(0, len(positions), targets.shard_size):
-                chunk = positions[start:start + targets.shard_size]
-                segments = tuple((listing.files[f], _compact(rows)) for f, rows in listing.locate(chunk))
-                shards.append(Shard(shard_id(split, key, start), split, listing.index, start, start + len(chunk), segments))
+            cut = _cut(config, split, listing, positions)
+            offsets.update((s.id, offset) for s in cut)
+            shards.extend(cut)
+            offset += len(positions)
     if targets.generated is not None and targets.generated.count > 0:
         count = targets.generated.count
         available[GENERATED] = images[GENERATED] = count
@@ -135,7 +133,48 @@ def make_plan(config: AuditConfig, *, check: bool = True) -> Plan:
     ids = [s.id for s in shards]
     if len(set(ids)) != len(ids):
         raise ConfigError("targets: two sources of one split name the same files; list each source once")
-    return Plan(fingerprint(config, listings), tuple(shards), images, available, listings)
+    return Plan(fingerprint(config, listings), tuple(shards), images, available, listings, ids_by_split, offsets)
+
+
+def _list_split(config: AuditConfig, split: str, sources) -> tuple[SourceListing, ...]:
+    found = []
+    for i, src in enumerate(sources):
+        try:
+            found.append(list_source(split, i, src, config.storage.endpoint_url))
+        except SourceError as exc:
+            raise ConfigError(f"targets.{split}[{i}].{exc}") from None
+    return tuple(found)
+
+
+def _select(config: AuditConfig, split: str, found: tuple[SourceListing, ...]):
+    """([(listing, sorted positions inside it)], rows available, rows selected) after targets.limit."""
+    total = sum(listing.total for listing in found)
+    selected = select_rows(total, config.targets.limit_for(split), config.targets.limit_seed, split)  # split-wide
+    offset = 0
+    per_source = []
+    for listing in found:
+        lo, hi = np.searchsorted(selected, [offset, offset + listing.total])
+        per_source.append((listing, selected[lo:hi] - offset))  # positions inside this source
+        offset += listing.total
+    return per_source, total, len(selected)
+
+
+def _ids(config: AuditConfig, per_source) -> list[str | None]:
+    endpoint = config.storage.endpoint_url
+    with ThreadPoolExecutor(max_workers=8) as pool:  # id columns of many Parquet files: fetch concurrently
+        parts = list(pool.map(lambda lp: read_ids(lp[0], lp[1], config.base_dir, endpoint), per_source))
+    return [i for part in parts for i in part]
+
+
+def _cut(config: AuditConfig, split: str, listing: SourceListing, positions: np.ndarray) -> list[Shard]:
+    """One source's selected positions cut into shards of targets.shard_size, each with its file segments."""
+    size, key = config.targets.shard_size, config.identity(listing.source.uri)
+    shards = []
+    for start in range(0, len(positions), size):
+        chunk = positions[start:start + size]
+        segments = tuple((listing.files[f], _compact(rows)) for f, rows in listing.locate(chunk))
+        shards.append(Shard(shard_id(split, key, start), split, listing.index, start, start + len(chunk), segments))
+    return shards
 
 
 def check_ids(ids_by_split: dict[str, Sequence[str | None]], pairs: Iterable[Sequence[str]] = (("train", "val"),), *,
@@ -167,8 +206,7 @@ def check_ids(ids_by_split: dict[str, Sequence[str | None]], pairs: Iterable[Seq
 
 
 def _compact(rows: np.ndarray) -> range | tuple[int, ...]:
-    """Rows inside one file: a range when contiguous (the usual case, no limit), else a tuple."""
-    rows = [int(r) for r in rows]
-    if rows and rows[-1] - rows[0] + 1 == len(rows):
-        return range(rows[0], rows[-1] + 1)
-    return tuple(rows)
+    """Rows inside one file (sorted, unique): a range when contiguous (the usual case, no limit), else a tuple."""
+    if len(rows) and int(rows[-1]) - int(rows[0]) + 1 == len(rows):
+        return range(int(rows[0]), int(rows[-1]) + 1)
+    return tuple(rows.tolist())

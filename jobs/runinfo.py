@@ -3,7 +3,7 @@
     info = new_run_info(config, plan, started=now(), previous=old, address=None)   # status "running"
     info = finished(info, t0, "done")                                               # adds an invocation
 
-outputs.write_run_info / read_run_info store it; this module only builds the dict.
+jobs.lease writes it (conditionally, with the run lease); this module only builds the dict.
 """
 
 from __future__ import annotations

@@ -1,25 +1,40 @@
 """samples.parquet: the report's sample images (best / median / worst per split, the most memorized
-training images), chosen from the results and rendered by one actor.
+training images), chosen from the results and rendered in the driver from the latents the parts keep.
 
-    requests = pick_samples(results, plan)             # {split: [SampleRequest]}
-    data = render(actors, config, plan, results, ranking)   # Parquet bytes, or None
+    requests = pick_samples(results, plan)                    # {split: [SampleRequest]}
+    data = render(generator, config, plan, results, ranking)  # Parquet bytes, or None; no actor, no recovery
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .actors import SampleRequest
+from . import storage
 from .config import GENERATED, AuditConfig
-from .dispatch import AuditActors, reason
+from .errors import JobError
 from .plan import Plan
+from .sources import read_items
 
 log = logging.getLogger("memaudit")
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """One image to render for samples.parquet: where it is, and which rank it holds in its split."""
+
+    split: str
+    rank: str  # best | median | worst, or top-<n> for the n-th image of ranking.parquet
+    image_id: str
+    error: float
+    source_index: int  # -1 for generated
+    source: str  # file URL (or generated:seed=<n>)
+    row: int
 
 
 def pick_samples(results: pa.Table, plan: Plan) -> dict[str, list[SampleRequest]]:
@@ -73,41 +88,99 @@ def _request(part: pa.Table, i: int, split: str, rank: str, source_of: dict[tupl
                          source, int(part.column("row")[i].as_py()))
 
 
-def render(actors: AuditActors, config: AuditConfig, plan: Plan, results: pa.Table, ranking: pa.Table) -> bytes | None:
-    """samples.parquet bytes, rendered by one actor per split; None (logged, and noted in run.json) if impossible."""
-    import ray
-
+def render(generator, config: AuditConfig, plan: Plan, results: pa.Table, ranking: pa.Table) -> bytes | None:
+    """samples.parquet bytes, rendered in this process (the driver, on the CPU generator it loaded to check
+    the config) from the latents the results parts keep: no actor, no second recovery (issue 11). Targets
+    are read again from their sources (generated ones sampled again). None if there is nothing to render.
+    """
     requests = pick_samples(results, plan)
     for split, top in pick_top(results, plan, ranking, top_images=config.stats.top_images).items():
         requests.setdefault(split, []).extend(top)
     if not requests:
         return None
-    actor = actors.any_ready(config.job.actor_start_timeout)
-    if actor is None:
-        log.warning("samples: no actor could start; the report has no sample images")
-        return None
+    stored = _stored(config, {r.image_id for reqs in requests.values() for r in reqs})
     tables = []
     for split, reqs in requests.items():
-        # One recover() per split: ids are unique within a split, and one image may hold several ranks.
-        unique = list({r.image_id: r for r in reqs}.values())
-        try:
-            data = ray.get(actor.render_samples.remote(unique))
-        except ray.exceptions.RayError as exc:
-            log.warning("samples: rendering %s failed (%s); the report has no sample images for it", split, reason(exc))
+        unique = list({r.image_id: r for r in reqs}.values())  # one image may hold several ranks
+        missing = [r.image_id for r in unique if (split, r.image_id) not in stored]
+        if missing:
+            log.warning("samples: no stored latent for %d %s images (e.g. %s; parts written by an older memaudit?); "
+                        "the report has no sample images for %s", len(missing), split, missing[0], split)
             continue
-        table = table_from_parquet(data)
-        by_id = {row["image_id"]: row for row in table.to_pylist()}
-        rows = [{**by_id[r.image_id], "rank": r.rank} for r in reqs]
-        for row in rows:
-            if not math.isclose(row["error"], row["results_error"], rel_tol=1e-3, abs_tol=1e-6):
-                log.warning("samples: %s re-recovered to error %.6g, its results row says %.6g (recovery is not "
-                            "reproducible on this device)", row["image_id"], row["error"], row["results_error"])
-        tables.append(pa.Table.from_pylist(rows, schema=table.schema))
+        pngs = _render_split(generator, config, unique, [stored[(split, r.image_id)] for r in unique])
+        by_id = {r.image_id: png for r, png in zip(unique, pngs)}
+        tables.append(pa.table({
+            "image_id": pa.array([r.image_id for r in reqs], pa.string()),
+            "split": pa.array([split] * len(reqs), pa.string()),
+            "rank": pa.array([r.rank for r in reqs], pa.string()),
+            "error": pa.array([r.error for r in reqs], pa.float64()),
+            "results_error": pa.array([r.error for r in reqs], pa.float64()),  # the same row's: kept for old readers
+            "target": pa.array([by_id[r.image_id][0] for r in reqs], pa.binary()),
+            "recovery": pa.array([by_id[r.image_id][1] for r in reqs], pa.binary()),
+        }))
     if not tables:
         return None
     buf = pa.BufferOutputStream()
     pq.write_table(pa.concat_tables(tables), buf)
     return buf.getvalue().to_pybytes()
+
+
+def _stored(config: AuditConfig, ids: set[str]) -> dict[tuple[str, str], tuple[list, int | None]]:
+    """(split, image id) -> (recovered latent, class label or None) from the results parts, for `ids` only:
+    one scan of the parts (pyarrow.dataset) reading the latent column of the matching rows."""
+    import pyarrow.dataset as ds
+
+    from . import outputs
+
+    files = outputs.results_files(config.output, config.storage.endpoint_url)
+    if not files:
+        return {}
+    fs, _ = storage.filesystem(config.output, config.storage.endpoint_url)
+    found: dict[tuple[str, str], tuple[list, int | None]] = {}
+    wanted = pa.array(sorted(ids), pa.string())
+    for path in files:  # per file: the parts' schemas differ (z0 on generated parts, label on conditional ones)
+        part = ds.dataset(path, filesystem=fs, format="parquet")
+        if "latent" not in part.schema.names:
+            continue
+        columns = ["image_id", "split", "latent"] + (["label"] if "label" in part.schema.names else [])
+        table = part.to_table(columns=columns, filter=ds.field("image_id").isin(wanted))
+        for row in table.to_pylist():
+            found[(row["split"], row["image_id"])] = (row["latent"], row.get("label"))
+    return found
+
+
+def _render_split(generator, config: AuditConfig, requests: list[SampleRequest], stored: list) -> list[tuple[bytes, bytes]]:
+    """(target PNG, recovery PNG) per request: G(z*) from the stored latent, the target as audited."""
+    import numpy as np
+    import torch
+
+    import recovery
+
+    targets = torch.stack([_target(generator, config, r) for r in requests])  # [N, C, H, W]
+    latents = torch.from_numpy(np.array([z for z, _ in stored], dtype=np.float32))  # [N, D]
+    labels = [c for _, c in stored]
+    labels = torch.tensor(labels, dtype=torch.long) if all(c is not None for c in labels) and labels else None
+    rendered = recovery.render(generator, latents, settings=config.recovery, labels=labels)  # [N, C, H, W]
+    span = config.generator.output_range
+    return [(recovery.to_png(t, output_range=span), recovery.to_png(r, output_range=span))
+            for t, r in zip(targets, rendered)]
+
+
+def _target(generator, config: AuditConfig, req: SampleRequest):
+    """One request's target, [C, H, W] float32 in the generator's output range, as the actor audited it."""
+    import recovery
+
+    if req.source_index < 0:
+        _, target = recovery.sample_generated(generator, [req.image_id], seed=config.targets.generated.seed,
+                                              settings=config.recovery)
+        return target[0]
+    src = config.targets.splits[req.split][req.source_index]
+    (item,) = read_items(src, [(req.source, [req.row])], config.base_dir, config.storage.endpoint_url)
+    if item.image_id != req.image_id or item.data is None:
+        raise JobError(f"samples: {req.source} row {req.row} is no longer image {req.image_id!r} (did the source change?)")
+    shape = recovery.target_shape(generator, config.recovery)
+    return recovery.to_target(item.data, shape=shape, output_range=config.generator.output_range,
+                              upscale=config.targets.upscale)
 
 
 def table_from_parquet(data: bytes) -> pa.Table:

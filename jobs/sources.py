@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .config import SourceConfig
 
 GLOB_CHARS = "*?["
+IMAGE_READ_ERRORS = (FileNotFoundError, IsADirectoryError)  # an image file's own fault: a rejects row (read_items)
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp")
 
 
@@ -208,20 +209,28 @@ class SourceListing:
     source: "SourceConfig"
     files: tuple[str, ...]
     rows: tuple[int, ...]
+    bounds: np.ndarray = field(init=False, repr=False, compare=False)  # [files + 1] int64: first row of each file
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bounds", np.concatenate(([0], np.cumsum(self.rows, dtype=np.int64))))
 
     @property
     def total(self) -> int:
-        return sum(self.rows)
+        return int(self.bounds[-1])
 
     def locate(self, positions: np.ndarray) -> list[tuple[int, np.ndarray]]:
-        """Source row positions (sorted) -> [(file index, rows inside that file)]."""
-        bounds = np.cumsum((0,) + self.rows)
-        out = []
-        for f in range(len(self.files)):
-            lo, hi = np.searchsorted(positions, [bounds[f], bounds[f + 1]])
-            if hi > lo:
-                out.append((f, positions[lo:hi] - bounds[f]))
-        return out
+        """Source row positions (sorted) -> [(file index, rows inside that file)], in order.
+
+        One binary search per position over the files' first rows: O(k log n) for k positions in n files,
+        so cutting a source into shards costs O(n log n) in all (issue 11: it was O(n) per shard).
+        """
+        positions = np.asarray(positions, dtype=np.int64)
+        if positions.size == 0:
+            return []
+        which = np.searchsorted(self.bounds, positions, side="right") - 1  # [k] file of each position
+        cuts = np.flatnonzero(np.diff(which)) + 1
+        starts, stops = [0, *cuts.tolist()], [*cuts.tolist(), len(positions)]
+        return [(int(which[a]), positions[a:b] - self.bounds[which[a]]) for a, b in zip(starts, stops)]
 
 
 def list_files(src: "SourceConfig", endpoint_url: str | None) -> list[str]:
@@ -275,8 +284,13 @@ def read_ids(listing: SourceListing, positions: np.ndarray, base_dir: str, endpo
 
 def read_items(src: "SourceConfig", segments: Iterable[tuple[str, Sequence[int]]], base_dir: str,
                endpoint_url: str | None) -> list[Item]:
-    """Read the images of (file URL, rows in that file) segments, in order. A file that cannot be read
-    becomes Items with an error (rejects); a Parquet file that cannot be read fails the call."""
+    """Read the images of (file URL, rows in that file) segments, in order.
+
+    An image file that is gone (listed at planning, missing now) or is a directory becomes an Item with an
+    error (a rejects row). Anything else fails the call, and with it the shard, which is retried and never
+    marked done: a store outage that outlasts the retries (StorageError), a denied read, a connection error
+    are the infrastructure's, not the image's (issue 11). A Parquet file that cannot be read fails the call.
+    """
     fmt = FORMATS[src.format]
     segments = list(segments)
     if isinstance(fmt, ImageFiles):
@@ -284,7 +298,7 @@ def read_items(src: "SourceConfig", segments: Iterable[tuple[str, Sequence[int]]
             image_id = derived_id(url, base_dir, None)
             try:
                 return Item(image_id, url, 0, storage.read_bytes(url, endpoint_url))
-            except OSError as exc:  # a missing or unreadable file is this image's reject, not the shard's failure
+            except IMAGE_READ_ERRORS as exc:  # this image's reject, not the shard's failure
                 return Item(image_id, url, 0, None, f"cannot read file: {type(exc).__name__}: {exc}")
 
         with ThreadPoolExecutor(max_workers=16) as pool:  # many small objects: fetch them concurrently

@@ -11,14 +11,14 @@ from jobs.audit import main
 from jobs.cli import main as cli
 
 
-def _config(tmp_path, tiny_data, **recovery):
-    raw = tiny_config("g.pt", targets={"val": [str(tiny_data / "val" / "*.png")], "shard_size": 4})
+def _config(tmp_path, tiny_data, generator="g.pt", **recovery):
+    raw = tiny_config(generator, targets={"val": [str(tiny_data / "val" / "*.png")], "shard_size": 4})
     raw["recovery"].update(recovery)
     return str(write_yaml(tmp_path / "audit.yaml", raw))
 
 
-def test_dry_run_prints_the_plan_without_ray(tmp_path, tiny_data, capsys):
-    assert main(["--config", _config(tmp_path, tiny_data), "--dry-run", "--out", str(tmp_path / "o")]) == 0
+def test_dry_run_prints_the_plan_without_ray(tmp_path, tiny_data, tiny_generator, capsys):
+    assert main(["--config", _config(tmp_path, tiny_data, tiny_generator), "--dry-run", "--out", str(tmp_path / "o")]) == 0
     out = capsys.readouterr().out
     assert "2 shards, 6 images" in out and "val: 6 images of 6 in 2 shards" in out
     assert f"output: {tmp_path / 'o'}" in out
@@ -35,16 +35,17 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, tiny_data, capsys):
     assert "error: config: cannot read" in capsys.readouterr().err
 
 
-def test_memaudit_command_dispatches(tmp_path, tiny_data, capsys):
-    assert cli(["audit", "--config", _config(tmp_path, tiny_data), "--dry-run"]) == 0
+def test_memaudit_command_dispatches(tmp_path, tiny_data, tiny_generator, capsys):
+    assert cli(["audit", "--config", _config(tmp_path, tiny_data, tiny_generator), "--dry-run"]) == 0
     assert "2 shards" in capsys.readouterr().out
     assert cli(["nonsense"]) == 2
     assert "unknown command 'nonsense'" in capsys.readouterr().err
     assert cli([]) == 2
 
 
-def test_python_m_jobs_audit_runs_the_same_code(tmp_path, tiny_data):
-    done = subprocess.run([sys.executable, "-m", "jobs.audit", "--config", _config(tmp_path, tiny_data), "--dry-run"],
+def test_python_m_jobs_audit_runs_the_same_code(tmp_path, tiny_data, tiny_generator):
+    done = subprocess.run([sys.executable, "-m", "jobs.audit", "--config", _config(tmp_path, tiny_data, tiny_generator),
+                           "--dry-run"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "2 shards, 6 images" in done.stdout

@@ -98,3 +98,46 @@ def test_a_killed_driver_resumes_with_only_the_unfinished_shards(tmp_path, tiny_
     assert sorted(run_info["shards_run"]) == sorted(all_shards - finished)
     assert run_info["status"] == "done"
     assert _results(out).equals(_results(reference))
+
+
+def test_killing_one_of_two_concurrent_runs_never_mixes_rows(tmp_path, tiny_data, tiny_generator):
+    """Run A holds the output; run B (another config, --overwrite) is refused while A lives; A is killed; B then
+    takes the output over, and every part and row in it is B's (issue 11)."""
+    targets = {"train": [{"uri": str(tiny_data / "train.parquet"), "image_column": "image", "id_column": "id"}],
+               "shard_size": 1}
+    raw = tiny_config(tiny_generator, targets=targets)
+    raw["resources"]["actors"] = 1
+    raw["recovery"].update(iterations=200, restarts=40)  # A is slow: it must still run when B tries the output
+    config_a = write_yaml(tmp_path / "a.yaml", raw)
+    raw["recovery"].update(iterations=40, restarts=2)
+    config_b = write_yaml(tmp_path / "b.yaml", raw)
+    out = tmp_path / "out"
+    a = subprocess.Popen([sys.executable, "-m", "jobs.audit", "--config", str(config_a), "--out", str(out), "--quiet"],
+                         cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    command_b = [sys.executable, "-m", "jobs.audit", "--config", str(config_b), "--out", str(out), "--overwrite", "--quiet"]
+    try:
+        deadline = time.time() + 120
+        while not _done_shards(out) and a.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        refused = subprocess.run(command_b, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+        assert a.poll() is None, "run A ended before run B tried the output"
+        os.killpg(a.pid, signal.SIGKILL)
+    finally:
+        a.wait(30)
+    assert refused.returncode == 2 and "is in use by run" in refused.stderr, refused.stderr[-2000:]
+    deadline = time.time() + 60
+    while _session_pids(a.pid) and time.time() < deadline:
+        time.sleep(0.2)
+    assert _done_shards(out), "run A wrote nothing before it was killed"
+
+    b = subprocess.run(command_b, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=180)
+    assert b.returncode == 0, b.stderr[-2000:]
+    run_info = json.loads((out / "run.json").read_text())
+    assert run_info["config"]["recovery"]["iterations"] == 40 and run_info["status"] == "done"
+    import pyarrow.parquet as pq
+
+    parts = sorted(out.glob("re*/**/part-*.parquet"))
+    assert len(parts) == 24  # 12 shards: a results and a rejects part each
+    assert {pq.read_schema(p).metadata[b"memaudit.fingerprint"].decode() for p in parts} == {run_info["fingerprint"]}
+    ids = read_output(str(out))[0].column("image_id").to_pylist()
+    assert len(ids) == len(set(ids)) == 12

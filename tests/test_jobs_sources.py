@@ -155,3 +155,22 @@ def test_parquet_row_counts_come_from_footers(tmp_path):
     pq.write_table(pa.table({"image": [b"x"] * 100}), path, row_group_size=7)
     src = SourceConfig(uri=str(path), image_column="image")
     assert list_source("train", 0, src, None).rows == (100,)
+
+
+def test_locating_rows_in_many_files_matches_a_file_by_file_walk():
+    """SourceListing.locate (one binary search per row, issue 11) gives what walking every file would."""
+    import numpy as np
+
+    from jobs.sources import SourceListing
+
+    rng = np.random.default_rng(0)
+    rows = tuple(int(r) for r in rng.integers(0, 5, size=300))  # files of 0..4 rows, empty ones among them
+    listing = SourceListing("train", 0, SourceConfig(uri="x/*.parquet"), tuple(f"f{i}" for i in range(300)), rows)
+    positions = np.sort(rng.choice(listing.total, size=200, replace=False))
+    walk, start = [], 0
+    for f, n in enumerate(rows):
+        inside = positions[(positions >= start) & (positions < start + n)] - start
+        if inside.size:
+            walk.append((f, inside.tolist()))
+        start += n
+    assert [(f, r.tolist()) for f, r in listing.locate(positions)] == walk
