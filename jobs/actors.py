@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import encoders, outputs, storage
+from . import encoders, models, outputs, storage
 from .config import AuditConfig
 from .plan import Shard, generated_ids
 from .sources import Item, SourceImage, content_hash, describe_image, read_items
@@ -94,6 +94,7 @@ class AuditActor:
                 self.feature_net = recovery.load_feature_net(
                     config.feature_net, device=device, storage_options=storage.storage_options(config.feature_net, endpoint))
             self.shape = recovery.target_shape(self.generator, config.recovery)
+            self.discriminator = models.load_discriminator(self.generator, self.shape, config, device)  # issue 13; None if unset
         except Exception as exc:  # noqa: BLE001 - kept and raised by ready(), so the driver sees the cause itself
             self.error = exc
         self.load_seconds = time.time() - started
@@ -150,6 +151,7 @@ class AuditActor:
             ids = generated_ids(shard.start, shard.stop)
             z0, targets = recovery.sample_generated(self.generator, ids, seed=config.targets.generated.seed,
                                                     settings=config.recovery)  # [N, *latent], [N, C, H, W]
+            labels = recovery.generated_labels(self.generator, ids, seed=config.targets.generated.seed)  # [N] or None
             where = [f"generated:seed={config.targets.generated.seed}"] * len(ids)
             rows = list(range(shard.start, shard.stop))
             described = [SourceImage(None, None, None, None)] * len(ids)  # no source image
@@ -175,11 +177,13 @@ class AuditActor:
             rows = [i.row for i in kept]
             targets = torch.stack(tensors) if tensors else torch.empty((0, *self.shape))
             z0 = None
+            labels = torch.tensor(models.label_indices([i.label for i in kept], config)) if src.label_column else None
         failures = 0
         # keep_latent: samples are rendered from the stored latents, with no actor (issue 11)
         table = recovery.recover(self.generator, targets, ids, settings=replace(config.recovery, keep_latent=True),
-                                 feature_net=self.feature_net, encoder=self._encoder(),
+                                 feature_net=self.feature_net, encoder=self._encoder(), labels=labels,
                                  progress=self._progress_for(shard.id, len(ids)))  # targets [N, C, H, W]
+        table = models.add_scores(table, self.discriminator, targets, labels, config)
         results = _results_table(table, shard.split, where, rows, [content_hash(t.numpy()) for t in targets], z0,
                                  described)
         if "failure" in results.column_names and results.column("failure").null_count < results.num_rows:

@@ -25,12 +25,14 @@ from typing import Any, Mapping
 
 from fsspec.core import split_protocol
 
+from recovery.discriminator import DiscriminatorSpec
 from recovery.settings import GeneratorSpec, RecoverySettings
 
 from . import storage
 from .detector_config import FeaturesConfig, check_detectors
 from .errors import ConfigError
 from .fingerprint import settings_hash
+from .models import check_models
 from .overrides import TARGET_KEYS, read_raw
 from .sources import FORMATS, infer_format
 from .typed import build, convert, fields, mapping, plain, reject_unknown, shown
@@ -64,6 +66,7 @@ class SourceConfig:
     shape: tuple[int, ...] | None = None
     shape_column: str | None = None
     id_column: str | None = None
+    label_column: str | None = None  # issue 13: each image's class for a conditional generator (generator.classes)
 
     def __post_init__(self) -> None:
         if self.format is None:
@@ -75,7 +78,7 @@ class SourceConfig:
         if self.format not in FORMATS:
             raise ConfigError(f"{at}.format: {self.format!r} is not one of {', '.join(FORMATS)}")
         fmt = self.format
-        columns = ("image_column", "array_column", "shape", "shape_column", "id_column")
+        columns = ("image_column", "array_column", "shape", "shape_column", "id_column", "label_column")
         if fmt != "parquet":
             given = [c for c in columns if getattr(self, c) is not None]
             if given:
@@ -227,6 +230,7 @@ class AuditConfig:
     run: RunConfig = RunConfig()  # run: {model, tags}, recorded with the run
     detectors: tuple[str, ...] = ("recovery",)  # issue 12: recovery plus companions (jobs.detector_config)
     features: FeaturesConfig = FeaturesConfig()  # the companions' feature space and kNN
+    discriminator: DiscriminatorSpec | None = None  # issue 13: the discriminator check (jobs.models)
     base_dir: str = "."
     config_path: str | None = None
 
@@ -252,6 +256,7 @@ class AuditConfig:
             "storage": plain(self.storage),
             "detectors": list(self.detectors),
             "features": plain(self.features),
+            "discriminator": plain(self.discriminator),
             "history": self.history,
             "run": plain(self.run),
         }
@@ -261,7 +266,7 @@ class AuditConfig:
 
 
 SECTIONS = ("generator", "targets", "recovery", "resources", "stats", "job", "output", "storage", "detectors",
-            "features")
+            "features", "discriminator")
 
 
 SECTIONS += ("run",)  # issue 14: run: {model, tags} (RunConfig)
@@ -333,10 +338,12 @@ def build_config(raw: Mapping, *, base_dir: str, config_path: str | None = None)
         storage=convert(StorageConfig, raw.get("storage") or {}, "storage"),
         detectors=check_detectors(raw.get("detectors", ["recovery"])),
         features=convert(FeaturesConfig, raw.get("features") or {}, "features"),
+        discriminator=convert(DiscriminatorSpec | None, raw.get("discriminator"), "discriminator"),
         base_dir=base_dir,
         config_path=config_path,
     )
     _check_locations(config)
+    check_models(config)
     if "pairs" in (raw.get("stats") or {}):  # named by the user: each split must be audited (the default may not be)
         for i, pair in enumerate(config.stats.pairs):
             for split in (s for s in pair if s not in config.targets.splits):
@@ -418,6 +425,7 @@ def _targets(raw: Any) -> TargetsConfig:
 def _check_locations(config: AuditConfig) -> None:
     """memory:// lives in one process; Ray actors would see an empty store."""
     places = [("generator.torchscript", config.generator.torchscript), ("generator.checkpoint", config.generator.checkpoint),
+              ("generator.pickle", config.generator.pickle),
               ("recovery.feature_net", config.feature_net), ("features.net", config.features.net),
               ("output", config.output)]
     places += [(f"targets.{s}[{i}].uri", src.uri) for s, srcs in config.targets.splits.items() for i, src in enumerate(srcs)]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
@@ -55,6 +55,7 @@ class Item:
     row: int  # the row inside that file (0 for an image file)
     data: bytes | np.ndarray | None
     error: str | None = None
+    label: object = None  # the source's label_column value (a class of a conditional generator), when it has one
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -67,7 +68,7 @@ class ParquetFormat:
     def check_schema(self, schema: pa.Schema, src: "SourceConfig", url: str) -> None:
         """Raise SourceError if the columns `src` names are missing or of the wrong type."""
         wanted = {"image_column": src.image_column, "array_column": src.array_column,
-                  "shape_column": src.shape_column, "id_column": src.id_column}
+                  "shape_column": src.shape_column, "id_column": src.id_column, "label_column": src.label_column}
         for key, column in wanted.items():
             if column is None:
                 continue
@@ -79,10 +80,11 @@ class ParquetFormat:
                 "array_column": pa.types.is_binary(t) or pa.types.is_large_binary(t) or _is_list_of(t, pa.types.is_integer),
                 "shape_column": _is_list_of(t, pa.types.is_integer),
                 "id_column": pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t),
+                "label_column": pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t),
             }[key]
             if not ok:
                 expect = {"image_column": "binary (encoded image bytes)", "array_column": "list<uint8> or binary",
-                          "shape_column": "list<int>", "id_column": "string or integer"}[key]
+                          "shape_column": "list<int>", "id_column": "string or integer", "label_column": "string or integer"}[key]
                 raise SourceError(f"{key}: column {column!r} of {url} is {t}, expected {expect}")
 
     def count_rows(self, url: str, src: "SourceConfig", endpoint_url: str | None) -> int:
@@ -112,7 +114,7 @@ class ParquetFormat:
         if np.any(np.diff(rows) <= 0):
             raise ValueError("rows must be strictly increasing")
         data_column = src.image_column or src.array_column
-        columns = [c for c in dict.fromkeys((data_column, src.id_column, src.shape_column)) if c]
+        columns = [c for c in dict.fromkeys((data_column, src.id_column, src.shape_column, src.label_column)) if c]
         fs, path = storage.filesystem(url, endpoint_url)
         items: list[Item] = []
         with fs.open(path, "rb") as f:
@@ -157,6 +159,8 @@ class ParquetFormat:
                     items.append(Item(image_id, url, row, None, f"{array.size} values do not fit shape {shape}"))
                     continue
                 items.append(Item(image_id, url, row, array.astype(np.uint8).reshape(tuple(shape))))
+        if src.label_column:  # issue 13: each image's class, for a conditional generator
+            items = [replace(item, label=label) for item, label in zip(items, table.column(src.label_column).to_pylist())]
         return items
 
 
