@@ -87,7 +87,7 @@ class AuditActor:
             device = recovery.default_device()
             endpoint = config.storage.endpoint_url
             spec = config.generator
-            url = spec.torchscript or spec.checkpoint or ""
+            url = models.generator_url(spec)
             self.generator = recovery.load_generator(spec, device=device, storage_options=storage.storage_options(url, endpoint))
             self.feature_net = None
             if config.feature_net:

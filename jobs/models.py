@@ -155,3 +155,9 @@ def add_scores(table: pa.Table, discriminator, targets, labels, config: "AuditCo
 def result_columns(config: "AuditConfig") -> tuple[str, ...]:
     """The results columns the driver reads for this module: D's scores when the check is configured."""
     return (SCORE, REAL) if config.discriminator is not None else ()
+
+
+def generator_url(spec) -> str:
+    """The URL whose store options load the generator: its TorchScript (the mapping's, for a pair), pickle or checkpoint."""
+    script = spec.torchscript["mapping"] if isinstance(spec.torchscript, dict) else spec.torchscript
+    return script or spec.pickle or spec.checkpoint or ""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 
-from . import storage
+from . import models, storage
 from .config import AuditConfig
 from .errors import ConfigError
 
@@ -32,12 +32,13 @@ def load_generator_cpu(config: AuditConfig):
 
     started = time.time()
     spec, endpoint = config.generator, config.storage.endpoint_url
-    url = spec.torchscript or spec.checkpoint or ""
+    url = models.generator_url(spec)
     generator = recovery.load_generator(spec, device="cpu", storage_options=storage.storage_options(url, endpoint))
-    recovery.target_shape(generator, config.recovery)
+    shape = recovery.target_shape(generator, config.recovery)
     if config.feature_net:
         recovery.load_feature_net(config.feature_net, device="cpu",
                                   storage_options=storage.storage_options(config.feature_net, endpoint))
+    models.load_discriminator(generator, shape, config, "cpu")  # issue 13: D's output checked before any actor starts
     log.info("generator: loaded and checked on the CPU in %.1fs (output %s)", time.time() - started,
              list(generator.output_shape))
     return generator

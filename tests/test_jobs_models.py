@@ -80,3 +80,28 @@ def test_bad_conditional_input_is_refused_before_any_actor(tmp_path):
         load_config(write_yaml(tmp_path / "d.yaml", raw_config(
             generator={"builtin": "dcgan", "latent": {"shape": [32]}, "space": "w"}, discriminator=None,
             targets={"generated": {"count": 2, "seed": 0}})), out=str(tmp_path / "o"))
+
+
+def test_preflight_loads_style_generators_and_checks_the_discriminator(tmp_path):
+    import json
+
+    import torch
+
+    from jobs.preflight import load_generator_cpu
+    from recovery import RecoveryError
+
+    style = ASSETS / "models" / "style"
+    entry = json.loads((style / "models.json").read_text())["style-digits.pt"]
+    generator = {"factory": entry["factory"], "kwargs": entry["kwargs"], "checkpoint": str(style / "style-digits.pt"),
+                 "space": "w_plus"}
+    targets = {"generated": {"count": 2, "seed": 0}}
+    config = load_config(write_yaml(tmp_path / "a.yaml", raw_config(generator=generator, discriminator=None, targets=targets)),
+                         out=str(tmp_path / "o"))
+    g = load_generator_cpu(config)
+    assert g.space == "w_plus" and g.latent.shape == (entry["num_ws"], entry["w_dim"])
+    two = torch.jit.script(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32 * 32, 2)))
+    torch.jit.save(two, str(tmp_path / "two.pt"))
+    config = load_config(write_yaml(tmp_path / "b.yaml", raw_config(
+        generator=generator, discriminator={"torchscript": str(tmp_path / "two.pt")}, targets=targets)), out=str(tmp_path / "o"))
+    with pytest.raises(RecoveryError, match="one score per image"):
+        load_generator_cpu(config)
