@@ -71,6 +71,7 @@ def run_audit(config: AuditConfig, *, plan: Plan | None = None, overwrite: bool 
     _check_placement(config)  # a local output on a multi-node cluster: refused before any actor starts
     generator = generator if generator is not None else preflight.load_generator_cpu(config)
     lease, done, info = _take_output(config, plan, overwrite=overwrite, started=started, address=address)
+    info["search"] = models.search_info(generator)  # issue 13: the space searched, as loaded (the report names it)
     pending = [s for s in plan.shards if s.id not in done]
     log.info("plan: %s", plan.describe().replace("\n", "\n  "))
     log.info("output: %s (%d shards already done%s)", out, len(done), ", overwritten" if overwrite else "")

@@ -161,3 +161,10 @@ def generator_url(spec) -> str:
     """The URL whose store options load the generator: its TorchScript (the mapping's, for a pair), pickle or checkpoint."""
     script = spec.torchscript["mapping"] if isinstance(spec.torchscript, dict) else spec.torchscript
     return script or spec.pickle or spec.checkpoint or ""
+
+
+def search_info(generator) -> dict:
+    """What run.json and the report say about the search: the space (z, w, w_plus), noise and classes, as loaded."""
+    spec = generator.spec
+    return {"space": generator.space, "style_based": generator.latent.prior == "mapped" or generator.space != "z",
+            "noise": spec.noise, "classes": len(spec.classes.names) if spec.classes else 0}

@@ -39,7 +39,8 @@ def read_discriminator(out_url: str, *, storage_options: dict[str, Any] | None =
 def space_section(run_info: dict[str, Any] | None) -> str:
     """Which space the search ran in (style-based generators), whether classes were searched, and the W+ warning."""
     generator = ((run_info or {}).get("config") or {}).get("generator") or {}
-    space, classes = generator.get("space"), generator.get("classes")
+    search = (run_info or {}).get("search") or {}  # the job's record of the generator as loaded
+    space, classes = generator.get("space") or (search.get("space") if search.get("style_based") else None), generator.get("classes")
     if not space and not classes:
         return ""
     parts = ['<section id="space"><h2>Search space</h2>']

@@ -56,3 +56,6 @@ def test_report_sections():
     note = space_section({"config": {"generator": {"space": "w_plus"}}})
     assert "W+" in note and "less power" in note
     assert space_section({"config": {"generator": {}}}) == ""
+    # space left to its default: the job records what it searched
+    assert "W: one intermediate latent" in space_section({"config": {"generator": {}}, "search": {"space": "w", "style_based": True}})
+    assert space_section({"config": {"generator": {}}, "search": {"space": "z", "style_based": False}}) == ""
