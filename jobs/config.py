@@ -429,6 +429,11 @@ def _check_locations(config: AuditConfig) -> None:
               ("recovery.feature_net", config.feature_net), ("features.net", config.features.net),
               ("output", config.output)]
     places += [(f"targets.{s}[{i}].uri", src.uri) for s, srcs in config.targets.splits.items() for i, src in enumerate(srcs)]
+    if isinstance(config.generator.torchscript, dict):  # a style-based generator's {mapping, synthesis}
+        places = [p for p in places if p[0] != "generator.torchscript"]
+        places += [(f"generator.torchscript.{k}", v) for k, v in config.generator.torchscript.items()]
+    d = config.discriminator
+    places += [(f"discriminator.{k}", getattr(d, k)) for k in ("torchscript", "checkpoint", "pickle")] if d is not None else []
     for name, url in places:
         if url and split_protocol(url)[0] == "memory":
             raise ConfigError(f"{name}: memory:// is private to one process, so Ray actors cannot read or write it; use a local path or an object store")

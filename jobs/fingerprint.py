@@ -36,8 +36,10 @@ def settings_hash(config: "AuditConfig") -> str:
         for split, sources in config.targets.splits.items()
     }
     generator = plain(config.generator)
-    for key in ("torchscript", "checkpoint"):
-        if generator.get(key):
+    for key in ("torchscript", "checkpoint", "pickle"):
+        if isinstance(generator.get(key), dict):  # a style-based generator's {mapping, synthesis}
+            generator[key] = {k: config.identity(v) for k, v in generator[key].items()}
+        elif generator.get(key):
             generator[key] = config.identity(generator[key])
     recovery = plain(config.recovery)
     recovery.pop("batch_size", None)
@@ -48,6 +50,10 @@ def settings_hash(config: "AuditConfig") -> str:
         "recovery": recovery,
         "feature_net": config.identity(config.feature_net) if config.feature_net else None,
     }
+    if getattr(config, "discriminator", None) is not None:  # issue 13: D's scores are results columns
+        d = plain(config.discriminator)
+        payload["discriminator"] = {k: config.identity(v) if k in ("torchscript", "checkpoint", "pickle") and v else v
+                                    for k, v in d.items()}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()
 

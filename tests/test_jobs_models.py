@@ -106,3 +106,17 @@ def test_preflight_loads_style_generators_and_checks_the_discriminator(tmp_path)
         generator=generator, discriminator={"torchscript": str(tmp_path / "two.pt")}, targets=targets)), out=str(tmp_path / "o"))
     with pytest.raises(RecoveryError, match="one score per image"):
         load_generator_cpu(config)
+
+
+def test_fingerprint_covers_the_models(tmp_path):
+    from jobs.fingerprint import settings_hash
+
+    base = load_config(write_yaml(tmp_path / "a.yaml", raw_config()), out=str(tmp_path / "o"))
+    other_d = load_config(write_yaml(tmp_path / "b.yaml", raw_config(
+        discriminator={"torchscript": str(CGAN / "cgan-1200-d.pt"), "conditional": True})), out=str(tmp_path / "o"))
+    assert settings_hash(base) != settings_hash(other_d)  # D's scores are in the results rows
+    pair = {"mapping": str(tmp_path / "m.pt"), "synthesis": str(tmp_path / "s.pt")}
+    style = load_config(write_yaml(tmp_path / "c.yaml", raw_config(generator={"torchscript": pair}, discriminator=None,
+                                                                    targets={"generated": {"count": 2, "seed": 0}})),
+                        out=str(tmp_path / "o"))
+    assert len(settings_hash(style)) == 64
