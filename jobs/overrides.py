@@ -20,8 +20,6 @@ from .storage import resolve_local
 PATH_KEYS = (("generator", "torchscript"), ("generator", "checkpoint"), ("recovery", "feature_net"), ("output",),
              ("generator", "pickle"), ("generator", "torchscript", "mapping"), ("generator", "torchscript", "synthesis"),
              ("discriminator", "torchscript"), ("discriminator", "checkpoint"), ("discriminator", "pickle"),
-             ("generator", "pickle"), ("generator", "torchscript", "mapping"), ("generator", "torchscript", "synthesis"),
-             ("discriminator", "torchscript"), ("discriminator", "checkpoint"), ("discriminator", "pickle"),
              ("features", "net"))
 PATH_KEYS += (("output", "path"), ("output", "history"))  # output: {path, history} (issue 14)
 TARGET_KEYS = ("generated", "limit", "limit_seed", "shard_size", "upscale")  # reserved under targets; every other key is a split
