@@ -184,8 +184,11 @@ class Lease:
                 log.warning("output: could not renew the lease on %s (%s: %s)", self.out, type(exc).__name__, exc)
 
     def _lost(self, raise_it: bool = True) -> None:
-        data, _ = storage.read_versioned(self.url, self.endpoint_url)
-        other = ((_parse(data, self.out) or {}).get("lease") or {}).get("run_id", "another run")
+        try:
+            data, _ = storage.read_versioned(self.url, self.endpoint_url)
+            other = ((_parse(data, self.out) or {}).get("lease") or {}).get("run_id", "another run")
+        except (ConfigError, OSError):  # unreadable now: it is still not this run's
+            other = "another run"
         self.lost = LeaseLost(f"output: run {other} took over {self.out} (this run's lease {self.run_id} had gone "
                               "stale); this run stopped writing. The other run's output is kept")
         log.error("%s", self.lost)
