@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 from .config import GENERATED, AuditConfig
 from .errors import ConfigError
 from .fingerprint import fingerprint
-from .sources import SourceError, SourceListing, list_source, read_ids, select_rows
+from .sources import FORMATS, ImageFiles, SourceError, SourceListing, list_source, read_ids, select_rows
 
 
 
@@ -169,10 +169,14 @@ def _ids(config: AuditConfig, per_source) -> list[str | None]:
 def _cut(config: AuditConfig, split: str, listing: SourceListing, positions: np.ndarray) -> list[Shard]:
     """One source's selected positions cut into shards of targets.shard_size, each with its file segments."""
     size, key = config.targets.shard_size, config.identity(listing.source.uri)
+    one_row = isinstance(FORMATS[listing.source.format], ImageFiles)  # image files: position p is file p, row 0
     shards = []
     for start in range(0, len(positions), size):
         chunk = positions[start:start + size]
-        segments = tuple((listing.files[f], _compact(rows)) for f, rows in listing.locate(chunk))
+        if one_row:
+            segments = tuple((listing.files[p], range(0, 1)) for p in chunk.tolist())
+        else:
+            segments = tuple((listing.files[f], _compact(rows)) for f, rows in listing.locate(chunk))
         shards.append(Shard(shard_id(split, key, start), split, listing.index, start, start + len(chunk), segments))
     return shards
 

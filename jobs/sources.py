@@ -276,9 +276,7 @@ def read_ids(listing: SourceListing, positions: np.ndarray, base_dir: str, endpo
     ids: list[str | None] = []
     for f, rows in listing.locate(positions):
         url = listing.files[f]
-        if isinstance(fmt, ImageFiles):
-            ids.append(derived_id(url, base_dir, None))
-        elif listing.source.id_column is None:
+        if listing.source.id_column is None:
             ids.extend(derived_id(url, base_dir, int(r)) for r in rows)
         else:
             every = storage.retrying(lambda: fmt.read_ids(url, listing.source, base_dir, endpoint_url), f"reading ids of {url}")
@@ -293,6 +291,8 @@ def read_items(src: "SourceConfig", segments: Iterable[tuple[str, Sequence[int]]
     An image file that is gone (listed at planning, missing now) or is a directory becomes an Item with an
     error (a rejects row). Anything else fails the call, and with it the shard, which is retried and never
     marked done: a store outage that outlasts the retries (StorageError), a denied read, a connection error
+    if isinstance(fmt, ImageFiles):  # one row per file: position p is file p (no per-file arrays at 10^6 files)
+        return storage.identities([listing.files[p] for p in positions.tolist()], base_dir)
     are the infrastructure's, not the image's (issue 11). A Parquet file that cannot be read fails the call.
     """
     fmt = FORMATS[src.format]

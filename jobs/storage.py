@@ -117,6 +117,15 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, (BotoConnectionError, HTTPClientError))
 
 
+def identities(urls: list[str], base_dir: str) -> list[str]:
+    """identity() of many URLs (planning derives an id per image file): plain local paths under `base_dir`
+    are cut by prefix in one pass; anything else goes through identity()."""
+    prefix = base_dir.rstrip("/") + "/"
+    cut = len(prefix)
+    return [u[cut:] if os.sep == "/" and u.startswith(prefix) and len(u) > cut and "/." not in u and "//" not in u
+            else identity(u, base_dir) for u in urls]
+
+
 def retrying(fn: Callable[[], T], what: str) -> T:
     """Run `fn`, retrying transient storage errors with exponential backoff (RETRIES times, the first delay
     RETRY_SECONDS). A transient error that outlasts the budget is raised as StorageError naming `what`;

@@ -107,7 +107,7 @@ def test_killing_one_of_two_concurrent_runs_never_mixes_rows(tmp_path, tiny_data
                "shard_size": 1}
     raw = tiny_config(tiny_generator, targets=targets)
     raw["resources"]["actors"] = 1
-    raw["recovery"].update(iterations=200, restarts=40)  # A is slow: it must still run when B tries the output
+    raw["recovery"].update(iterations=200, restarts=150)  # A is slow: it must still run when B tries the output
     config_a = write_yaml(tmp_path / "a.yaml", raw)
     raw["recovery"].update(iterations=40, restarts=2)
     config_b = write_yaml(tmp_path / "b.yaml", raw)
