@@ -273,6 +273,8 @@ def list_source(split: str, index: int, src: "SourceConfig", endpoint_url: str |
 def read_ids(listing: SourceListing, positions: np.ndarray, base_dir: str, endpoint_url: str | None) -> list[str | None]:
     """The ids of the given source row positions (the id column only, or derived from paths)."""
     fmt = FORMATS[listing.source.format]
+    if isinstance(fmt, ImageFiles):  # one row per file: position p is file p (no per-file arrays at 10^6 files)
+        return storage.identities([listing.files[p] for p in positions.tolist()], base_dir)
     ids: list[str | None] = []
     for f, rows in listing.locate(positions):
         url = listing.files[f]
@@ -291,8 +293,6 @@ def read_items(src: "SourceConfig", segments: Iterable[tuple[str, Sequence[int]]
     An image file that is gone (listed at planning, missing now) or is a directory becomes an Item with an
     error (a rejects row). Anything else fails the call, and with it the shard, which is retried and never
     marked done: a store outage that outlasts the retries (StorageError), a denied read, a connection error
-    if isinstance(fmt, ImageFiles):  # one row per file: position p is file p (no per-file arrays at 10^6 files)
-        return storage.identities([listing.files[p] for p in positions.tolist()], base_dir)
     are the infrastructure's, not the image's (issue 11). A Parquet file that cannot be read fails the call.
     """
     fmt = FORMATS[src.format]

@@ -91,6 +91,15 @@ def identity(url: str, base_dir: str) -> str:
     return path if rel.startswith("..") else rel.replace(os.sep, "/")
 
 
+def identities(urls: list[str], base_dir: str) -> list[str]:
+    """identity() of many URLs (planning derives an id per image file): plain local paths under `base_dir`
+    are cut by prefix in one pass; anything else goes through identity()."""
+    prefix = base_dir.rstrip("/") + "/"
+    cut = len(prefix)
+    return [u[cut:] if os.sep == "/" and u.startswith(prefix) and len(u) > cut and "/." not in u and "//" not in u
+            else identity(u, base_dir) for u in urls]
+
+
 _UNNORMAL = re.compile(r"//|/\.\.?(/|$)")  # a path that relpath would normalize: '//', '/./', '/../'
 
 
@@ -115,15 +124,6 @@ def transient(exc: BaseException) -> bool:
     except ImportError:
         return False
     return isinstance(exc, (BotoConnectionError, HTTPClientError))
-
-
-def identities(urls: list[str], base_dir: str) -> list[str]:
-    """identity() of many URLs (planning derives an id per image file): plain local paths under `base_dir`
-    are cut by prefix in one pass; anything else goes through identity()."""
-    prefix = base_dir.rstrip("/") + "/"
-    cut = len(prefix)
-    return [u[cut:] if os.sep == "/" and u.startswith(prefix) and len(u) > cut and "/." not in u and "//" not in u
-            else identity(u, base_dir) for u in urls]
 
 
 def retrying(fn: Callable[[], T], what: str) -> T:
