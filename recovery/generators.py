@@ -10,6 +10,8 @@ import copy
 import importlib
 import inspect
 import io
+import logging
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -24,6 +26,8 @@ from .priors import sample_prior
 from .settings import GeneratorSpec, LatentSpec
 from .style import StyleForward, StyleParts, is_style_based, load_pickle, measure, w_average
 
+log = logging.getLogger("memaudit.recovery")
+NARROW_RANGE = 0.02  # of the declared output range: below it, output_range is probably wrong (a warning)
 
 
 def default_device() -> torch.device:
@@ -210,6 +214,29 @@ def _freeze(module: nn.Module, device: torch.device) -> nn.Module:
     return module
 
 
+def own_message(exc: BaseException) -> str:
+    """The exception's own message in one line. TorchScript wraps a module's error in its interpreter's
+    traceback ("The following operation failed in the TorchScript interpreter ... RuntimeError: <message>"):
+    the generator's message is the last "SomeError: ..." line, so that is the one kept."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if "TorchScript interpreter" in lines[0]:
+        raised = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception): ", line)]
+        if raised:
+            return raised[-1][:500]
+    return f"{type(exc).__name__}: {lines[0][:500]}"
+
+
+def _warn_narrow(x: torch.Tensor, lo: float, hi: float, name: str) -> None:
+    """Warn when G's samples use under NARROW_RANGE of the declared output range: [0, 1] images declared as
+    [0, 255] run to the end with errors 10^4 times too small to mean anything, so say it at load."""
+    span = (x.max() - x.min()).item()
+    if span < NARROW_RANGE * (hi - lo):
+        log.warning("generator (%s): its samples span [%.3g, %.3g], %.1f%% of the declared generator.output_range "
+                    "[%g, %g]; is output_range right?", name, x.min().item(), x.max().item(), 100 * span / (hi - lo), lo, hi)
+
+
 def _check(g: LoadedGenerator, name: str) -> tuple[int, int, int]:
     """One small forward pass: shape, finiteness, range, and batch independence (eval-mode batch norm)."""
     spec = g.spec
@@ -225,8 +252,11 @@ def _check(g: LoadedGenerator, name: str) -> tuple[int, int, int]:
         hint = "generator.latent.shape" + ("" if g.num_classes else "; a conditional G(z, c) needs generator.classes")
         raise RecoveryError(
             f"generator ({name}): forward pass on a latent batch of shape {list(z.shape)} failed: "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (check {hint})"
+            f"{own_message(e)} (if the latent is the wrong shape, check {hint})"
         ) from None
+    if isinstance(x, torch.Tensor) and not x.is_floating_point():
+        raise RecoveryError(f"generator ({name}): output dtype is {x.dtype}; a generator must return floating-point "
+                            "images in generator.output_range")
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 3:
         shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise RecoveryError(f"generator ({name}): output for latents {list(z.shape)} is {shape}; expected [3, C, H, W]")
@@ -241,6 +271,7 @@ def _check(g: LoadedGenerator, name: str) -> tuple[int, int, int]:
             f"generator ({name}): output spans [{x.min().item():.3g}, {x.max().item():.3g}], outside the declared "
             f"generator.output_range [{lo:g}, {hi:g}]"
         )
+    _warn_narrow(x, lo, hi, name)
     if not torch.allclose(x[:1], x1, rtol=1e-3, atol=1e-4 * (hi - lo)):
         raise RecoveryError(
             f"generator ({name}): an image's output depends on the rest of its batch (batch norm in training mode?); "
