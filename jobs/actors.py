@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from . import encoders, models, outputs, storage
 from .config import AuditConfig
 from .plan import Shard, generated_ids
+from .redact import redact_text
 from .sources import Item, SourceImage, content_hash, describe_image, read_items
 
 
@@ -222,7 +223,7 @@ def _results_table(table: pa.Table, split: str, sources: list[str], rows: list[i
     n = table.num_rows
     columns = {"image_id": table.column("image_id"),
                "split": pa.array([split] * n, pa.string()),
-               "source": pa.array(sources, pa.string()),
+               "source": pa.array([redact_text(s) for s in sources], pa.string()),  # no secrets in tables
                "row": pa.array(rows, pa.int64())}
     for name in table.column_names:
         if name != "image_id":
@@ -243,10 +244,10 @@ def _rejects_table(rejects: list[tuple[Item, str, str]], split: str) -> pa.Table
     return pa.table({
         "image_id": pa.array([i.image_id for i, _, _ in rejects], pa.string()),
         "split": pa.array([split] * len(rejects), pa.string()),
-        "source": pa.array([i.source for i, _, _ in rejects], pa.string()),
+        "source": pa.array([redact_text(i.source) for i, _, _ in rejects], pa.string()),
         "row": pa.array([i.row for i, _, _ in rejects], pa.int64()),
         "stage": pa.array([stage for _, stage, _ in rejects], pa.string()),
-        "reason": pa.array([reason for _, _, reason in rejects], pa.string()),
+        "reason": pa.array([redact_text(reason) for _, _, reason in rejects], pa.string()),
     }, schema=outputs.REJECTS_SCHEMA)
 
 

@@ -22,6 +22,7 @@ import os
 import sys
 
 from .config import DEFAULT_OUTPUT, ConfigError, load_config
+from .redact import install_log_redaction, redact_text
 
 log = logging.getLogger("memaudit")
 
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
                             local=started_ray, address=address, generator=generator)
         return record_or_fail(config, outcome, exit_code(outcome, args.fail_on))
     except (ConfigError, RecoveryError, StatsError) as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        print(f"error: {redact_text(str(exc))}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished shards are kept; run the same command again to resume", file=sys.stderr, flush=True)
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
         from .storage import StorageError
 
         if isinstance(exc, (JobError, StorageError)):
-            print(f"error: {exc}", file=sys.stderr, flush=True)
+            print(f"error: {redact_text(str(exc))}", file=sys.stderr, flush=True)
             return 1
         raise
     finally:
@@ -158,6 +159,7 @@ def _logging(quiet: bool) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s memaudit %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     log.addHandler(handler)
     log.propagate = False
+    install_log_redaction(log)  # URLs in log lines lose their userinfo and query strings
 
 
 if __name__ == "__main__":

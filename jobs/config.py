@@ -254,11 +254,11 @@ class AuditConfig:
             "job": plain(self.job),
             "output": self.output,
             "storage": plain(self.storage),
+            "history": self.history,
+            "run": plain(self.run),
             "detectors": list(self.detectors),
             "features": plain(self.features),
             "discriminator": plain(self.discriminator),
-            "history": self.history,
-            "run": plain(self.run),
         }
         splits = out["targets"].pop("splits")
         out["targets"] = {**splits, **out["targets"]}
@@ -438,6 +438,24 @@ def _check_locations(config: AuditConfig) -> None:
         if url and split_protocol(url)[0] == "memory":
             raise ConfigError(f"{name}: memory:// is private to one process, so Ray actors cannot read or write it; use a local path or an object store")
     _check_output_root(config.output)
+    _check_output_outside_sources(config)
+
+
+def _check_output_outside_sources(config: AuditConfig) -> None:
+    """An output that a source's glob reads (its folder, or below it for a recursive '**' glob) would feed the
+    audit's own parts and tables back in as images on the next run; refuse it, naming the source."""
+    out = config.output.rstrip("/") + "/"
+    for split, sources in config.targets.splits.items():
+        for i, src in enumerate(sources):
+            uri = src.uri
+            cut = min((uri.find(c) for c in "*?[" if c in uri), default=-1)
+            if cut < 0:
+                continue
+            folder = uri[:cut].rsplit("/", 1)[0] + "/"  # the glob's static folder
+            recursive = "**" in uri
+            if out == folder or (recursive and out.startswith(folder)):
+                raise ConfigError(f"output: {config.output} is read by targets.{split}[{i}].uri ({uri}); the audit's own "
+                                  "files would become its inputs: put the output elsewhere")
 
 
 def _check_output_root(output: str) -> None:

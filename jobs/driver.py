@@ -22,6 +22,7 @@ from .dispatch import AuditActors, run_shards
 from .errors import ConfigError, JobError
 from .lease import Lease
 from .plan import Plan, generated_ids, make_plan
+from .redact import redact_value
 from .runinfo import finished, new_run_info, now
 
 log = logging.getLogger("memaudit")
@@ -208,7 +209,8 @@ def _reduce(pool: AuditActors, config: AuditConfig, plan: Plan, info: dict, t0: 
         info["refused"] = message
         return _finish(info, lease, t0, "refused", 1)
     log.info("reducing %d results and %d rejects with stats", results.num_rows, 0 if rejects is None else rejects.num_rows)
-    companions = run_detectors(pool, config, plan, results)  # None unless `detectors` lists companions (issue 12)
+    # None unless `detectors` lists companions (issue 12); the closest pairs are drawn with the CPU generator
+    companions = run_detectors(pool, config, plan, results, generator=generator)
     scores, detectors = models.finish(config, results, None if companions is None else companions.detectors)
     companions = models.with_detectors(companions, detectors)  # the discriminator check's row joins the detectors'
     reduction = stats.reduce(results, rejects, settings=config.stats, detectors=detectors)
@@ -219,7 +221,7 @@ def _reduce(pool: AuditActors, config: AuditConfig, plan: Plan, info: dict, t0: 
     info["verdict"] = stats.reduction.verdict_dict(reduction.verdict)
     info["timing_s"]["reduce_and_report"] = round(time.time() - started, 3)
     info = finished(info, t0, "done")
-    html = stats.render_report(reduction, results=results, rejects=rejects, samples=rendered, run_info=info,
+    html = stats.render_report(reduction, results=results, rejects=rejects, samples=rendered, run_info=redact_value(info),
                                companions=companions, discriminator=scores)
     lease.check()  # another run took the output over while this one reduced: write nothing more
     stats.write_outputs(out, reduction, html, storage_options=options)

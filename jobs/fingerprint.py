@@ -19,6 +19,7 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Mapping, Sequence
 
+from . import storage
 from .typed import plain
 
 if TYPE_CHECKING:
@@ -63,6 +64,24 @@ def fingerprint(config: "AuditConfig", listings: Mapping[str, Sequence["SourceLi
     digest = hashlib.sha256(settings_hash(config).encode())
     for split, found in listings.items():
         for listing in found:
-            for url, rows in zip(listing.files, listing.rows):
-                digest.update(f"{split}\0{listing.index}\0{config.identity(url)}\0{rows}\n".encode())
+            versions = listing.versions or ("",) * len(listing.files)
+            for url, rows, version in zip(listing.files, listing.rows, versions):
+                digest.update(f"{split}\0{listing.index}\0{config.identity(url)}\0{rows}\0{version}\n".encode())
+    for url in model_files(config):  # a generator retrained in place is another run
+        digest.update(f"model\0{config.identity(url)}\0{storage.file_version(url, config.storage.endpoint_url)}\n".encode())
     return digest.hexdigest()
+
+
+def model_files(config: "AuditConfig") -> list[str]:
+    """The generator's (and discriminator's, feature net's) file URLs, for their version tokens."""
+    found = []
+    for section in (config.generator, getattr(config, "discriminator", None)):
+        for key in ("torchscript", "checkpoint", "pickle"):
+            value = getattr(section, key, None) if section is not None else None
+            if isinstance(value, str):
+                found.append(value)
+            elif isinstance(value, dict):  # a style-based generator's {mapping, synthesis}
+                found.extend(v for v in value.values() if isinstance(v, str))
+    if config.feature_net:
+        found.append(config.feature_net)
+    return found

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from . import storage
 from .errors import ConfigError, JobError
+from .redact import redact_value
 
 log = logging.getLogger("memaudit")
 FINGERPRINT_KEY = b"memaudit.fingerprint"
@@ -99,7 +100,7 @@ def write_run_info(out: str, info: dict, endpoint_url: str | None) -> None:
 
 def run_info_bytes(info: dict) -> bytes:
     """run.json's bytes (jobs.lease writes them conditionally)."""
-    return json.dumps(info, indent=2, sort_keys=False, default=str).encode()
+    return json.dumps(redact_value(info), indent=2, sort_keys=False, default=str).encode()  # no secrets in run.json
 
 
 def prepare(out: str, *, fingerprint: str, config: dict, previous: dict | None, planned: dict[str, str],
@@ -260,7 +261,7 @@ def own_parts(folder: str, endpoint_url: str | None) -> list[str]:
 
 def _conflict(out: str, previous: dict | None, config: dict, part: str | None = None) -> str:
     what = f"a part ({part}) of" if part else ""
-    differs = _differences(previous.get("config") if previous else None, config)
+    differs = _differences(previous.get("config") if previous else None, redact_value(config))  # run.json's is redacted
     detail = f" (differs in {', '.join(differs)})" if differs else " (the config or the source files differ)"
     return (f"output: {out} already holds {what or 'results of'} an audit with another fingerprint{detail}; "
             "re-run with --overwrite to replace it, or choose another --out")

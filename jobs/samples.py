@@ -19,6 +19,7 @@ from . import storage
 from .config import GENERATED, AuditConfig
 from .errors import JobError
 from .plan import Plan
+from .redact import redact_text
 from .sources import read_items
 
 log = logging.getLogger("memaudit")
@@ -76,14 +77,16 @@ def pick_top(results: pa.Table, plan: Plan, ranking: pa.Table, *, top_images: in
     return chosen
 
 
-def _source_indexes(plan: Plan) -> dict[tuple[str, str], int]:
-    return {(split, url): listing.index for split, found in plan.listings.items() for listing in found
-            for url in listing.files}
+def _source_indexes(plan: Plan) -> dict[tuple[str, str], tuple[int, str]]:
+    """(split, the URL as the parts show it, i.e. redacted) -> (source index, the real URL to read)."""
+    return {(split, redact_text(url)): (listing.index, url) for split, found in plan.listings.items()
+            for listing in found for url in listing.files}
 
 
-def _request(part: pa.Table, i: int, split: str, rank: str, source_of: dict[tuple[str, str], int]) -> SampleRequest:
+def _request(part: pa.Table, i: int, split: str, rank: str,
+             source_of: dict[tuple[str, str], tuple[int, str]]) -> SampleRequest:
     source = part.column("source")[i].as_py()
-    index = -1 if split == GENERATED else source_of[(split, source)]
+    index, source = (-1, source) if split == GENERATED else source_of[(split, source)]
     return SampleRequest(split, rank, part.column("image_id")[i].as_py(), float(part.column("error")[i].as_py()), index,
                          source, int(part.column("row")[i].as_py()))
 

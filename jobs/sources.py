@@ -37,7 +37,6 @@ from . import storage
 if TYPE_CHECKING:
     from .config import SourceConfig
 
-GLOB_CHARS = "*?["
 IMAGE_READ_ERRORS = (FileNotFoundError, IsADirectoryError)  # an image file's own fault: a rejects row (read_items)
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp")
 
@@ -93,7 +92,10 @@ class ParquetFormat:
             with fs.open(path, "rb") as f:
                 return pq.ParquetFile(f).metadata
 
-        meta = storage.retrying(footer, f"reading the footer of {url}")
+        try:
+            meta = storage.retrying(footer, f"reading the footer of {url}")
+        except pa.ArrowInvalid as exc:  # zero bytes, truncated, not Parquet: the file's fault, named
+            raise SourceError(f"uri: {url} is not a readable Parquet file ({exc}); replace or remove it") from None
         self.check_schema(meta.schema.to_arrow_schema(), src, url)
         return meta.num_rows
 
@@ -213,6 +215,7 @@ class SourceListing:
     source: "SourceConfig"
     files: tuple[str, ...]
     rows: tuple[int, ...]
+    versions: tuple[str, ...] = ()  # per file: size and ETag / version id / mtime (storage.version_token)
     bounds: np.ndarray = field(init=False, repr=False, compare=False)  # [files + 1] int64: first row of each file
 
     def __post_init__(self) -> None:
@@ -239,26 +242,40 @@ class SourceListing:
 
 def list_files(src: "SourceConfig", endpoint_url: str | None) -> list[str]:
     """The files a source names: a glob, a directory (files with the format's extensions) or one file; sorted URLs."""
+    return sorted(list_versions(src, endpoint_url))
+
+
+def list_versions(src: "SourceConfig", endpoint_url: str | None) -> dict[str, str]:
+    """list_files' URLs -> each file's version token (size and ETag or mtime), from the same one listing.
+
+    The token goes into the fingerprint, so a file replaced by another of the same name and row count
+    makes a different run instead of a resume that mixes the two files' rows (issue 15).
+    """
     fmt = FORMATS[src.format]
     fs, path = storage.filesystem(src.uri, endpoint_url)
     fs.invalidate_cache()
-    if any(c in src.uri for c in GLOB_CHARS):
+    if storage.is_glob(src.uri):
         found = storage.retrying(lambda: fs.glob(path, detail=True), f"listing {src.uri}")  # one listing, no HEAD per file
-        files = [p for p, info in found.items() if info.get("type") == "file"]
+        infos = [info for info in found.values() if info.get("type") == "file"]
     elif storage.retrying(lambda: fs.isdir(path), f"checking {src.uri}"):
         entries = storage.retrying(lambda: fs.ls(path, detail=True), f"listing {src.uri}")
-        files = [e["name"] for e in entries if e.get("type") == "file"
-                 and e["name"].rsplit(".", 1)[-1].lower() in fmt.extensions]
+        infos = [e for e in entries if e.get("type") == "file" and e["name"].rsplit(".", 1)[-1].lower() in fmt.extensions]
     elif storage.retrying(lambda: fs.exists(path), f"checking {src.uri}"):
-        files = [path]
+        infos = [{**storage.retrying(lambda: fs.info(path), f"checking {src.uri}"), "name": path}]
     else:
-        files = []
-    return sorted(storage.with_protocol(src.uri, p) for p in files)
+        infos = []
+    found = {storage.with_protocol(src.uri, i["name"]): storage.version_token(i) for i in infos}
+    for url in found:
+        if not url.isprintable() or url != url.encode("utf-8", "surrogateescape").decode("utf-8", "replace"):
+            raise SourceError(f"uri: the file name {ascii(url)} is not valid UTF-8 text (or holds control characters); "
+                              "image ids and tables need text names: rename it")
+    return found
 
 
 def list_source(split: str, index: int, src: "SourceConfig", endpoint_url: str | None) -> SourceListing:
     """List a source's files and count their rows (Parquet footers only). Raises SourceError if it is empty."""
-    files = list_files(src, endpoint_url)
+    versions = list_versions(src, endpoint_url)
+    files = sorted(versions)
     if not files:
         raise SourceError(f"uri: no {src.format} files match {src.uri!r}")
     fmt = FORMATS[src.format]
@@ -267,7 +284,10 @@ def list_source(split: str, index: int, src: "SourceConfig", endpoint_url: str |
     else:
         with ThreadPoolExecutor(max_workers=16) as pool:  # one footer request per file; object stores like parallel
             rows = list(pool.map(lambda u: fmt.count_rows(u, src, endpoint_url), files))
-    return SourceListing(split, index, src, tuple(files), tuple(rows))
+    if sum(rows) == 0:
+        raise SourceError(f"uri: {src.uri!r} holds no rows ({len(files)} {src.format} file(s), all empty); "
+                          "an empty source would silently drop its images from the split")
+    return SourceListing(split, index, src, tuple(files), tuple(rows), tuple(versions[f] for f in files))
 
 
 def read_ids(listing: SourceListing, positions: np.ndarray, base_dir: str, endpoint_url: str | None) -> list[str | None]:

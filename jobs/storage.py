@@ -56,6 +56,32 @@ def filesystem(url: str, endpoint_url: str | None = None) -> tuple[fsspec.Abstra
     return fs, path
 
 
+def is_glob(url: str) -> bool:
+    """Whether `url` is a glob pattern. On http(s) a '?' starts the query string (a pre-signed URL's
+    signature), not a wildcard: only '*' and '[' in the path make a glob there."""
+    protocol, path = split_protocol(url)
+    if protocol in ("http", "https"):
+        return any(c in path.split("?", 1)[0] for c in "*[")
+    return any(c in url for c in "*?[")
+
+
+def version_token(info: dict) -> str:
+    """A file's identity from its listing entry: size plus the store's ETag / version id, else its mtime.
+    Object stores change the ETag on every overwrite; local disks change mtime."""
+    tag = info.get("VersionId") or info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
+    return f"{info.get('size')}:{str(tag).strip(chr(34)) if tag is not None else ''}"
+
+
+def file_version(url: str, endpoint_url: str | None = None) -> str:
+    """version_token of one file (one HEAD request); '' when the store cannot say (the load check reports a
+    missing file clearly, later)."""
+    fs, path = filesystem(url, endpoint_url)
+    try:
+        return version_token(retrying(lambda: fs.info(path), f"checking {url}"))
+    except Exception:  # noqa: BLE001 - identity is best effort; reading the file is where errors are reported
+        return ""
+
+
 def is_local(url: str) -> bool:
     return split_protocol(url)[0] in LOCAL
 
