@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from fsspec.core import split_protocol
-
 from recovery.discriminator import DiscriminatorSpec
 from recovery.settings import GeneratorSpec, RecoverySettings
 
@@ -32,10 +30,11 @@ from . import storage
 from .detector_config import FeaturesConfig, check_detectors
 from .errors import ConfigError
 from .fingerprint import settings_hash
+from .locations import check_locations
 from .models import check_models
 from .overrides import TARGET_KEYS, read_raw
 from .sources import FORMATS, infer_format
-from .typed import build, convert, fields, mapping, plain, reject_unknown, shown
+from .typed import convert, fields, mapping, plain, reject_unknown, shown
 
 DEFAULT_OUTPUT = "memaudit-out"  # under the current directory, when neither --out nor `output:` is given
 DEMO_CONFIG = Path(__file__).resolve().parent / "assets" / "demo.yaml"  # `memaudit audit` with no --config
@@ -342,7 +341,7 @@ def build_config(raw: Mapping, *, base_dir: str, config_path: str | None = None)
         base_dir=base_dir,
         config_path=config_path,
     )
-    _check_locations(config)
+    check_locations(config)
     check_models(config)
     if "pairs" in (raw.get("stats") or {}):  # named by the user: each split must be audited (the default may not be)
         for i, pair in enumerate(config.stats.pairs):
@@ -420,52 +419,3 @@ def _targets(raw: Any) -> TargetsConfig:
     if not targets.split_names:
         raise ConfigError("targets: no splits; give at least one split of sources (e.g. train, val) or generated: {count: N}")
     return targets
-
-
-def _check_locations(config: AuditConfig) -> None:
-    """memory:// lives in one process; Ray actors would see an empty store."""
-    places = [("generator.torchscript", config.generator.torchscript), ("generator.checkpoint", config.generator.checkpoint),
-              ("generator.pickle", config.generator.pickle),
-              ("recovery.feature_net", config.feature_net), ("features.net", config.features.net),
-              ("output", config.output)]
-    places += [(f"targets.{s}[{i}].uri", src.uri) for s, srcs in config.targets.splits.items() for i, src in enumerate(srcs)]
-    if isinstance(config.generator.torchscript, dict):  # a style-based generator's {mapping, synthesis}
-        places = [p for p in places if p[0] != "generator.torchscript"]
-        places += [(f"generator.torchscript.{k}", v) for k, v in config.generator.torchscript.items()]
-    d = config.discriminator
-    places += [(f"discriminator.{k}", getattr(d, k)) for k in ("torchscript", "checkpoint", "pickle")] if d is not None else []
-    for name, url in places:
-        if url and split_protocol(url)[0] == "memory":
-            raise ConfigError(f"{name}: memory:// is private to one process, so Ray actors cannot read or write it; use a local path or an object store")
-    _check_output_root(config.output)
-    _check_output_outside_sources(config)
-
-
-def _check_output_outside_sources(config: AuditConfig) -> None:
-    """An output that a source's glob reads (its folder, or below it for a recursive '**' glob) would feed the
-    audit's own parts and tables back in as images on the next run; refuse it, naming the source."""
-    out = config.output.rstrip("/") + "/"
-    for split, sources in config.targets.splits.items():
-        for i, src in enumerate(sources):
-            uri = src.uri
-            cut = min((uri.find(c) for c in "*?[" if c in uri), default=-1)
-            if cut < 0:
-                continue
-            folder = uri[:cut].rsplit("/", 1)[0] + "/"  # the glob's static folder
-            recursive = "**" in uri
-            if out == folder or (recursive and out.startswith(folder)):
-                raise ConfigError(f"output: {config.output} is read by targets.{split}[{i}].uri ({uri}); the audit's own "
-                                  "files would become its inputs: put the output elsewhere")
-
-
-def _check_output_root(output: str) -> None:
-    """An empty output or the root of a filesystem or bucket: --overwrite there would clear memaudit's files
-    from the root of everything, and parts would mix with unrelated data. A folder is required."""
-    protocol, path = split_protocol(output.strip()) if output.strip() else (None, "")
-    rest = path.strip("/")
-    if not output.strip():
-        raise ConfigError("output: empty; give a folder (a local path or e.g. s3://bucket/audits/run-1/)")
-    if protocol in (None, "file", "local") and not os.path.normpath(os.path.abspath(path)).strip("/"):
-        raise ConfigError(f"output: {output!r} is the filesystem root; give a folder for this audit")
-    if protocol not in (None, "file", "local") and "/" not in rest:
-        raise ConfigError(f"output: {output!r} is the root of a bucket; give a folder inside it, e.g. {output.rstrip('/')}/audits/run-1/")

@@ -1,0 +1,69 @@
+"""Where an audit may read and write: checks on the config's locations, before any cluster work.
+
+    check_locations(config)    # raises ConfigError naming the field
+
+memory:// is private to one process (Ray actors would see an empty store); an empty output or the root of a
+filesystem or bucket is refused (--overwrite there would clear memaudit's files from the root of
+everything); so is an output that a source glob reads (the audit's own tables would become its inputs).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from fsspec.core import split_protocol
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import AuditConfig
+
+
+def check_locations(config: "AuditConfig") -> None:
+    """memory:// lives in one process; Ray actors would see an empty store."""
+    places = [("generator.torchscript", config.generator.torchscript), ("generator.checkpoint", config.generator.checkpoint),
+              ("generator.pickle", config.generator.pickle),
+              ("recovery.feature_net", config.feature_net), ("features.net", config.features.net),
+              ("output", config.output)]
+    places += [(f"targets.{s}[{i}].uri", src.uri) for s, srcs in config.targets.splits.items() for i, src in enumerate(srcs)]
+    if isinstance(config.generator.torchscript, dict):  # a style-based generator's {mapping, synthesis}
+        places = [p for p in places if p[0] != "generator.torchscript"]
+        places += [(f"generator.torchscript.{k}", v) for k, v in config.generator.torchscript.items()]
+    d = config.discriminator
+    places += [(f"discriminator.{k}", getattr(d, k)) for k in ("torchscript", "checkpoint", "pickle")] if d is not None else []
+    for name, url in places:
+        if url and split_protocol(url)[0] == "memory":
+            raise ConfigError(f"{name}: memory:// is private to one process, so Ray actors cannot read or write it; use a local path or an object store")
+    _check_output_root(config.output)
+    _check_output_outside_sources(config)
+
+
+def _check_output_outside_sources(config: "AuditConfig") -> None:
+    """An output that a source's glob reads (its folder, or below it for a recursive '**' glob) would feed the
+    audit's own parts and tables back in as images on the next run; refuse it, naming the source."""
+    out = config.output.rstrip("/") + "/"
+    for split, sources in config.targets.splits.items():
+        for i, src in enumerate(sources):
+            uri = src.uri
+            cut = min((uri.find(c) for c in "*?[" if c in uri), default=-1)
+            if cut < 0:
+                continue
+            folder = uri[:cut].rsplit("/", 1)[0] + "/"  # the glob's static folder
+            recursive = "**" in uri
+            if out == folder or (recursive and out.startswith(folder)):
+                raise ConfigError(f"output: {config.output} is read by targets.{split}[{i}].uri ({uri}); the audit's own "
+                                  "files would become its inputs: put the output elsewhere")
+
+
+def _check_output_root(output: str) -> None:
+    """An empty output or the root of a filesystem or bucket: --overwrite there would clear memaudit's files
+    from the root of everything, and parts would mix with unrelated data. A folder is required."""
+    protocol, path = split_protocol(output.strip()) if output.strip() else (None, "")
+    rest = path.strip("/")
+    if not output.strip():
+        raise ConfigError("output: empty; give a folder (a local path or e.g. s3://bucket/audits/run-1/)")
+    if protocol in (None, "file", "local") and not os.path.normpath(os.path.abspath(path)).strip("/"):
+        raise ConfigError(f"output: {output!r} is the filesystem root; give a folder for this audit")
+    if protocol not in (None, "file", "local") and "/" not in rest:
+        raise ConfigError(f"output: {output!r} is the root of a bucket; give a folder inside it, e.g. {output.rstrip('/')}/audits/run-1/")
