@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import ConfigError
+
 DETECTORS = ("recovery", "neighbours", "mifid", "ct", "birthday")
 
 
@@ -45,8 +47,6 @@ class FeaturesConfig:
         from recovery.errors import RecoveryError
         from recovery.neighbours import METRICS
 
-        from .config import ConfigError
-
         try:
             self.spec()
         except RecoveryError as exc:
@@ -60,8 +60,6 @@ class FeaturesConfig:
 
 def check_detectors(value: Any, at: str = "detectors") -> tuple[str, ...]:
     """The `detectors` list, checked: known names, each once."""
-    from .config import ConfigError
-
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
         raise ConfigError(f"{at}: expected a list of detectors ({', '.join(DETECTORS)}), got {value!r}")
     for i, name in enumerate(value):

@@ -251,11 +251,3 @@ class SlotOptimizer:
             self.trace[slots, 0] = self.best_loss[slots]
         self.recent[slots, 0] = self.best_loss[slots]
 
-
-def make_optimizer(method: str, evaluate: Evaluate, dim: int, **options) -> SlotOptimizer:
-    """The slot optimizer registered under `method` (the config's recovery.optimizer)."""
-    from .first_order import Adam, SGD
-    from .lbfgs import LBFGS
-
-    methods: dict[str, type[SlotOptimizer]] = {"lbfgs": LBFGS, "adam": Adam, "sgd": SGD}
-    return methods[method](evaluate, dim, **options)

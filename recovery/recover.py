@@ -15,7 +15,8 @@ from torch import nn
 from .errors import RecoveryError
 from .generators import LoadedGenerator
 from .objective import Objective, psnr, target_shape, to_audit_resolution
-from .optim import MAX_ITERATIONS, StopRules, make_optimizer
+from .optim import MAX_ITERATIONS, StopRules
+from .optimizers import make_optimizer
 from .priors import check_geometry, sample_for_ids, stream, to_prior_space
 from .restarts import ImageSearch, RestartScheduler
 from .settings import RecoverySettings, SearchPlan

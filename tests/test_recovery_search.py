@@ -9,7 +9,8 @@ import torch
 from recovery import LatentSpec, RecoveryError, RecoverySettings, recover, sample_generated, wrap_generator
 from recovery.models import DCGAN
 from recovery.objective import LOSSES
-from recovery.optim import CONVERGED_STOPS, NONFINITE, StopRules, Task, make_optimizer
+from recovery.optim import CONVERGED_STOPS, NONFINITE, StopRules, Task
+from recovery.optimizers import make_optimizer
 from recovery.settings import LOSSES as LOSS_CHOICES
 from recovery.settings import OPTIMIZERS
 
