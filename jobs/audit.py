@@ -139,7 +139,15 @@ def _connect(address: str | None) -> tuple[bool, str | None]:
     log.info("no Ray address given: starting a local Ray instance with %d CPUs", os.cpu_count() or 1)
     ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, logging_level=logging.WARNING,
              _node_ip_address="127.0.0.1")
+    _fate_share()
     return True, None
+
+
+def _fate_share() -> None:
+    """If this driver is killed (SIGKILL), the local Ray it started goes with it (jobs.watchdog)."""
+    from . import watchdog
+
+    watchdog.start()
 
 
 class _Stdout(logging.StreamHandler):

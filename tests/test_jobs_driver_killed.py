@@ -141,3 +141,45 @@ def test_killing_one_of_two_concurrent_runs_never_mixes_rows(tmp_path, tiny_data
     assert {pq.read_schema(p).metadata[b"memaudit.fingerprint"].decode() for p in parts} == {run_info["fingerprint"]}
     ids = read_output(str(out))[0].column("image_id").to_pylist()
     assert len(ids) == len(set(ids)) == 12
+
+
+def _running(pids: list[int]) -> list[int]:
+    """Those of `pids` still running (not zombies)."""
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the watchdog reads /proc")
+def test_killing_only_the_driver_leaves_no_ray_process_behind(tmp_path, tiny_data, tiny_generator):
+    """`kill -9 <driver>` (not its process group): the local Ray it started, agents included, goes too."""
+    targets = {"train": [{"uri": str(tiny_data / "train.parquet"), "image_column": "image", "id_column": "id"}],
+               "shard_size": 1}
+    raw = tiny_config(tiny_generator, targets=targets)
+    raw["resources"]["actors"] = 1
+    raw["recovery"].update(iterations=60, restarts=2)
+    command = [sys.executable, "-m", "jobs.audit", "--config", str(write_yaml(tmp_path / "audit.yaml", raw)), "--quiet",
+               "--out", str(tmp_path / "out")]
+    driver = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not _done_shards(tmp_path / "out") and driver.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        ray_pids = [p for p in _session_pids(driver.pid) if p != driver.pid]
+        assert ray_pids and driver.poll() is None, "the job ended before it could be killed"
+        os.kill(driver.pid, signal.SIGKILL)  # the driver alone
+        driver.wait(30)
+        deadline = time.time() + 45
+        while _running(ray_pids) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not _running(ray_pids), f"Ray processes outlived their driver: {_running(ray_pids)}"
+    finally:
+        for pid in _running(_session_pids(driver.pid)):  # never leave them behind, even when the test fails
+            os.kill(pid, signal.SIGKILL)
