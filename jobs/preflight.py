@@ -39,9 +39,18 @@ def load_generator_cpu(config: AuditConfig):
         recovery.load_feature_net(config.feature_net, device="cpu",
                                   storage_options=storage.storage_options(config.feature_net, endpoint))
     models.load_discriminator(generator, shape, config, "cpu")  # issue 13: D's output checked before any actor starts
+    _check_crop(config, shape)
     log.info("generator: loaded and checked on the CPU in %.1fs (output %s)", time.time() - started,
              list(generator.output_shape))
     return generator
+
+
+def _check_crop(config: AuditConfig, shape: tuple[int, ...]) -> None:
+    """features.crop must fit inside the audit images [C, H, W], known only once G is loaded."""
+    crop = config.features.crop
+    if crop is not None and any(d != "recovery" for d in config.detectors) and crop > min(shape[1:]):
+        raise ConfigError(f"features.crop: {crop} is larger than the audit images ({shape[1]}x{shape[2]}); "
+                          f"use at most {min(shape[1:])} or leave it unset")
 
 
 def check_placement(config: AuditConfig, nodes: list[dict], driver_node: str | None) -> None:

@@ -69,3 +69,14 @@ def test_an_unreachable_store_fails_the_read_instead_of_rejecting_images(tiny_da
     monkeypatch.setattr(storage, "RETRY_SECONDS", 0.01)
     with pytest.raises(storage.StorageError, match="reading s3://outage/v0.\\.png failed after 2 attempts"):
         read_items(src, segments[:1], "/", endpoint)
+
+
+def test_a_feature_crop_larger_than_the_images_is_refused_by_dry_run(tmp_path, tiny_data, tiny_generator, capsys):
+    raw = tiny_config(tiny_generator, targets=_targets(tiny_data))
+    raw["detectors"] = ["recovery", "neighbours"]
+    raw["features"] = {"space": "pixel", "crop": 9}  # the tiny generator's images are 8x8
+    code = main(["--config", str(write_yaml(tmp_path / "audit.yaml", raw)), "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: features.crop: 9 is larger than the audit images (8x8)")
+    raw["features"]["crop"] = 8
+    assert main(["--config", str(write_yaml(tmp_path / "audit.yaml", raw)), "--dry-run"]) == 0
