@@ -98,13 +98,7 @@ def run_detectors(pool, config, plan, results: pa.Table, *, generator=None):
 
 def _present(prefix: str, endpoint: str | None) -> set[str]:
     """The parts under a features folder, as their last two path components (split=<s>/part-<id>.parquet)."""
-    fs, path = storage.filesystem(prefix, endpoint)
-    fs.invalidate_cache(path)
-    try:
-        found = storage.retrying(lambda: fs.find(path), f"listing {prefix}")
-    except FileNotFoundError:
-        return set()
-    return {_tail(p) for p in found if p.endswith(".parquet")}
+    return {_tail(p) for p in storage.find_files(prefix, endpoint) if p.endswith(".parquet")}
 
 
 def _tail(url: str) -> str:

@@ -245,13 +245,7 @@ def clear(out: str, endpoint_url: str | None, *, keep: tuple[str, ...] = ("run.j
 
 def own_parts(folder: str, endpoint_url: str | None) -> list[str]:
     """The files under `folder` that memaudit wrote: part-*.parquet with a memaudit.fingerprint in their footer."""
-    fs, path = storage.filesystem(folder, endpoint_url)
-    fs.invalidate_cache(path)
-    try:
-        found = storage.retrying(lambda: fs.find(path), f"listing {folder}")
-    except FileNotFoundError:
-        return []
-    urls = [storage.with_protocol(folder, p) for p in found]
+    urls = storage.find_files(folder, endpoint_url)
     temps = [u for u in urls if u.rsplit("/", 1)[-1].startswith(".tmp-") and u.endswith(".parquet")]
     parts = [u for u in urls if u.rsplit("/", 1)[-1].startswith("part-") and u.endswith(".parquet")]
     with ThreadPoolExecutor(max_workers=16) as pool:

@@ -217,6 +217,17 @@ def list_files(url: str, endpoint_url: str | None = None, *, suffix: str = "") -
     return sorted(with_protocol(url, n) for n in names)
 
 
+def find_files(url: str, endpoint_url: str | None = None) -> list[str]:
+    """Every file under the directory `url`, at any depth, as full URLs, sorted; [] if it does not exist."""
+    fs, path = filesystem(url, endpoint_url)
+    fs.invalidate_cache(path)
+    try:
+        found = retrying(lambda: fs.find(path), f"listing {url}")
+    except FileNotFoundError:
+        return []
+    return sorted(with_protocol(url, p) for p in found)
+
+
 def remove(url: str, endpoint_url: str | None = None, *, recursive: bool = False) -> None:
     """Delete a file (or a directory tree); missing is fine."""
     fs, path = filesystem(url, endpoint_url)

@@ -24,7 +24,6 @@ import logging
 import posixpath
 from typing import Any
 
-from fsspec.core import split_protocol
 
 from . import storage
 from .config import AuditConfig, ConfigError
@@ -39,18 +38,9 @@ def sweep_field(config: AuditConfig) -> str | None:
     """The generator field that holds a glob of checkpoints, or None for a single-checkpoint audit."""
     for name in SWEEP_FIELDS:
         value = getattr(config.generator, name, None)
-        if isinstance(value, str) and is_glob(value):
+        if isinstance(value, str) and storage.is_glob(value):  # a pre-signed URL's '?' is no glob
             return name
     return None
-
-
-def is_glob(url: str) -> bool:
-    """Whether a generator location is a glob of checkpoints. On http(s) a '?' starts the query string (a
-    pre-signed URL's signature), not a wildcard: only '*' and '[' in the path make a glob there (issue 15)."""
-    protocol, path = split_protocol(url)
-    if protocol in ("http", "https"):
-        return any(c in path.split("?", 1)[0] for c in "*[")
-    return any(c in url for c in "*?[")
 
 
 def checkpoints(config: AuditConfig) -> list[tuple[str, str]]:

@@ -246,13 +246,7 @@ def _run_json(fs, root: str) -> dict[str, Any]:
     path = posixpath.join(root, "run.json")
     if not fs.exists(path):
         raise StatsError(f"{path}: missing; the history needs a run written by `memaudit audit` or `memaudit report`")
-    try:
-        info = json.loads(fs.cat_file(path))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise StatsError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(info, dict):
-        raise StatsError(f"{path}: expected a JSON object")
-    return info
+    return stats_io.read_json_object(fs, path)
 
 
 def _table(fs, root: str, name: str, columns: list[str] | None = None) -> pa.Table:

@@ -127,13 +127,19 @@ def read_output(
     run_info = None
     run_path = posixpath.join(root, "run.json")
     if fs.exists(run_path):
-        try:
-            run_info = json.loads(fs.cat_file(run_path))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise StatsError(f"{run_path}: not valid JSON ({exc})") from None
-        if not isinstance(run_info, dict):
-            raise StatsError(f"{run_path}: expected a JSON object, got {type(run_info).__name__}")
+        run_info = read_json_object(fs, run_path)
     return results, rejects, samples, run_info
+
+
+def read_json_object(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, Any]:
+    """A JSON file holding one object (run.json); StatsError naming the file when it is not one."""
+    try:
+        info = json.loads(fs.cat_file(path))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StatsError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(info, dict):
+        raise StatsError(f"{path}: expected a JSON object, got {type(info).__name__}")
+    return info
 
 
 def write_outputs(
