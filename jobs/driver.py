@@ -67,7 +67,7 @@ def run_audit(config: AuditConfig, *, plan: Plan | None = None, overwrite: bool 
     storage.configure(config.job.storage_retries, config.job.storage_retry_seconds)
     plan = plan or make_plan(config)
     models.check_labels(config, plan)  # issue 13: a label outside generator.classes is refused before any actor starts
-    out, endpoint = config.output, config.storage.endpoint_url
+    out = config.output
     fitting = fit_actors(config, local=local)  # before anything is written: a resource no node has is a user error
     _check_placement(config)  # a local output on a multi-node cluster: refused before any actor starts
     generator = generator if generator is not None else preflight.load_generator_cpu(config)

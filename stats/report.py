@@ -17,7 +17,6 @@ from typing import Any
 import matplotlib
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import scipy
 
 from stats import io as stats_io
