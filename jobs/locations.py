@@ -64,6 +64,6 @@ def _check_output_root(output: str) -> None:
     if not output.strip():
         raise ConfigError("output: empty; give a folder (a local path or e.g. s3://bucket/audits/run-1/)")
     if protocol in (None, "file", "local") and not os.path.normpath(os.path.abspath(path)).strip("/"):
-        raise ConfigError(f"output: {output!r} is the filesystem root; give a folder for this audit")
+        raise ConfigError(f"output: {output.rstrip('/') or '/'!r} is the filesystem root; give a folder for this audit")
     if protocol not in (None, "file", "local") and "/" not in rest:
         raise ConfigError(f"output: {output!r} is the root of a bucket; give a folder inside it, e.g. {output.rstrip('/')}/audits/run-1/")
