@@ -27,7 +27,8 @@ from . import encoders, models, outputs, storage
 from .config import AuditConfig
 from .plan import Shard, generated_ids
 from .redact import redact_text
-from .sources import Item, SourceImage, content_hash, describe_image, read_items
+from .sources import Item, SourceImage, content_hash
+from .targets import TargetCache, load_targets
 
 
 
@@ -47,6 +48,7 @@ class ShardReport:
     seconds: float
     node: str
     peak_rss_mb: float  # the actor process's peak resident memory so far (for sizing; run.json reports the max)
+    targets_from_cache: bool = False  # a checkpoint sweep's decoded targets were read, not decoded (jobs.targets)
 
 
 def make_actor_class(config: AuditConfig):
@@ -70,13 +72,14 @@ def make_actor_class(config: AuditConfig):
 class AuditActor:
     """Holds one loaded generator (and feature net) and runs shards on it."""
 
-    def __init__(self, config: AuditConfig, fingerprint: str) -> None:
+    def __init__(self, config: AuditConfig, fingerprint: str, target_cache: TargetCache | None = None) -> None:
         import torch
 
         import recovery
 
         self.config = config
         self.fingerprint = fingerprint
+        self.target_cache = target_cache  # a checkpoint sweep's decoded targets (jobs.targets), else None
         storage.configure(config.job.storage_retries, config.job.storage_retry_seconds)
         self.node = socket.gethostname()
         self.error: Exception | None = None
@@ -148,6 +151,7 @@ class AuditActor:
         started = time.time()
         config, out, endpoint = self.config, self.config.output, self.config.storage.endpoint_url
         rejects: list[tuple[Item, str, str]] = []
+        from_cache = False
         if shard.generated:
             ids = generated_ids(shard.start, shard.stop)
             z0, targets = recovery.sample_generated(self.generator, ids, seed=config.targets.generated.seed,
@@ -158,27 +162,13 @@ class AuditActor:
             described = [SourceImage(None, None, None, None)] * len(ids)  # no source image
         else:
             src = config.targets.splits[shard.split][shard.source_index]
-            items = read_items(src, shard.segments, config.base_dir, endpoint)
-            if len(items) != shard.size:
-                raise RuntimeError(f"shard {shard.id}: read {len(items)} images, planned {shard.size} (did the source change?)")
-            kept, tensors = [], []
-            for item in items:
-                if item.error is not None:
-                    rejects.append((item, "read", item.error))
-                    continue
-                try:
-                    tensors.append(recovery.to_target(item.data, shape=self.shape, output_range=config.generator.output_range,
-                                                      upscale=config.targets.upscale))  # [C, H, W] float32
-                    kept.append(item)
-                except recovery.ImageError as exc:
-                    rejects.append((item, "decode", str(exc)))
-            ids = [i.image_id for i in kept]
-            described = [describe_image(i.data) for i in kept]
-            where = [i.source for i in kept]
-            rows = [i.row for i in kept]
-            targets = torch.stack(tensors) if tensors else torch.empty((0, *self.shape))
+            loaded = load_targets(shard, config, shape=self.shape, cache=self.target_cache)  # shared in a sweep
+            rejects, targets, from_cache = loaded.rejects, loaded.targets, loaded.from_cache  # [N, C, H, W]
+            ids = [i.image_id for i in loaded.items]
+            described, where, rows = loaded.described, [i.source for i in loaded.items], [i.row for i in loaded.items]
             z0 = None
-            labels = torch.tensor(models.label_indices([i.label for i in kept], config)) if src.label_column else None
+            labels = (torch.tensor(models.label_indices([i.label for i in loaded.items], config))
+                      if src.label_column else None)
         failures = 0
         # keep_latent: samples are rendered from the stored latents, with no actor (issue 11)
         table = recovery.recover(self.generator, targets, ids, settings=replace(config.recovery, keep_latent=True),
@@ -202,7 +192,7 @@ class AuditActor:
                            outputs.part_bytes(_rejects_table(rejects, shard.split), fingerprint=self.fingerprint,
                                               shard_id=shard.id), endpoint)
         return ShardReport(shard.id, shard.split, shard.size, shard.size - len(rejects), len(rejects), failures,
-                           time.time() - started, self.node, peak_rss_mb())
+                           time.time() - started, self.node, peak_rss_mb(), from_cache)
 
     def detector_task(self, name: str, *args):
         """A companion detectors' task (jobs.features.TASKS: features of a shard, kNN of a train block, pairs)."""

@@ -164,6 +164,8 @@ class JobConfig:
     actor_start_timeout: seconds to wait for the first actor (an autoscaling cluster may be adding nodes).
     lease_timeout: seconds after its last heartbeat (renewed every lease_timeout / 4) that a run's lease on
         the output lapses, so that another run may take the output over (jobs.lease).
+    target_cache: in a checkpoint sweep, decode each shard's targets once and share them between the
+        checkpoints through `<out>/cache/targets/` (jobs.targets); false decodes them again per checkpoint.
     """
 
     shard_retries: int = 2
@@ -173,6 +175,7 @@ class JobConfig:
     storage_retry_seconds: float = 0.5
     actor_start_timeout: float = 900.0
     lease_timeout: float = 120.0
+    target_cache: bool = True
 
     def _check(self, at: str) -> None:
         if not self.lease_timeout > 0:

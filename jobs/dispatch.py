@@ -30,8 +30,9 @@ class AuditActors:
     (Not ray.util.ActorPool: this one also tracks actors still starting, drops dead ones, and raises a
     generator that cannot be loaded as the job's error.)"""
 
-    def __init__(self, config: AuditConfig, fingerprint: str, *, count: int) -> None:
+    def __init__(self, config: AuditConfig, fingerprint: str, *, count: int, target_cache: Any = None) -> None:
         self.config, self.fingerprint, self.count = config, fingerprint, count
+        self.target_cache = target_cache  # jobs.targets.TargetCache in a checkpoint sweep
         self.handles: list = []
         self.idle: deque = deque()
         self.starting: dict = {}  # ready() ref -> actor
@@ -47,7 +48,7 @@ class AuditActors:
                  res.cpus_per_actor, res.gpus_per_actor)
         self.created = time.time()
         for _ in range(self.count):
-            actor = cls.remote(self.config, self.fingerprint)
+            actor = cls.remote(self.config, self.fingerprint, self.target_cache)
             self.handles.append(actor)
             self.starting[actor.ready.remote()] = actor
 

@@ -42,7 +42,8 @@ class Outcome:
 
 
 def run_audit(config: AuditConfig, *, plan: Plan | None = None, overwrite: bool = False, max_shards: int | None = None,
-              local: bool = True, address: str | None = None, generator: Any = None) -> Outcome:
+              local: bool = True, address: str | None = None, generator: Any = None,
+              target_cache: Any = None) -> Outcome:
     """Run (or resume) one audit on the Ray instance this process is connected to.
 
     Args:
@@ -54,6 +55,8 @@ def run_audit(config: AuditConfig, *, plan: Plan | None = None, overwrite: bool 
         address: the Ray address, for run.json.
         generator: the generator loaded on the CPU by preflight.load_generator_cpu (loaded here if None); it
             renders the report's samples.
+        target_cache: a checkpoint sweep's jobs.targets.TargetCache: real shards' decoded targets are read
+            from it when there, else decoded and written to it.
 
     Returns:
         Outcome with the exit code and run.json's contents.
@@ -80,7 +83,7 @@ def run_audit(config: AuditConfig, *, plan: Plan | None = None, overwrite: bool 
         pending = pending[:max_shards]
     lease.start_heartbeat()
 
-    pool = AuditActors(config, plan.fingerprint, count=max(1, min(fitting, len(pending))))
+    pool = AuditActors(config, plan.fingerprint, count=max(1, min(fitting, len(pending))), target_cache=target_cache)
     try:
         started_shards = time.time()
         info["timing_s"] = {"prepare": round(started_shards - t0, 3)}
@@ -88,6 +91,10 @@ def run_audit(config: AuditConfig, *, plan: Plan | None = None, overwrite: bool 
         info["timing_s"]["actor_start"] = None if pool.first_ready is None else round(pool.first_ready, 3)
         info["timing_s"]["shards"] = round(time.time() - started_shards, 3)  # includes actor_start
         info["shards_run"] = [r.shard_id for r in reports]
+        if target_cache is not None:  # issue 14: how many shards' targets a sweep's cache spared decoding
+            info["target_cache"] = {"url": target_cache.root, "shards_read": sum(r.targets_from_cache for r in reports),
+                                    "shards_decoded": sum(not r.targets_from_cache and r.split != GENERATED
+                                                          for r in reports)}
         info["failed_shards"] = failed
         info["memory_mb"] = {"actors_peak": max((r.peak_rss_mb for r in reports), default=None)}
         ran = {r.shard_id for r in reports}  # once: a set per shard made this quadratic (issue 11)

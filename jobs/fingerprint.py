@@ -31,11 +31,7 @@ VERSION = "memaudit.fingerprint/1"  # bump when the meaning of a results row cha
 
 def settings_hash(config: "AuditConfig") -> str:
     """sha256 of the fingerprinted config sections (see the module docstring)."""
-    targets = plain(config.targets)
-    targets["splits"] = {
-        split: [{**plain(src), "uri": config.identity(src.uri)} for src in sources]
-        for split, sources in config.targets.splits.items()
-    }
+    targets = targets_section(config)
     generator = plain(config.generator)
     for key in ("torchscript", "checkpoint", "pickle"):
         if isinstance(generator.get(key), dict):  # a style-based generator's {mapping, synthesis}
@@ -59,14 +55,30 @@ def settings_hash(config: "AuditConfig") -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def fingerprint(config: "AuditConfig", listings: Mapping[str, Sequence["SourceListing"]]) -> str:
-    """The run's fingerprint: settings_hash and every listed source file with its row count."""
-    digest = hashlib.sha256(settings_hash(config).encode())
+def targets_section(config: "AuditConfig") -> dict:
+    """The targets section as plain data, each source's uri by its identity (location-independent)."""
+    targets = plain(config.targets)
+    targets["splits"] = {
+        split: [{**plain(src), "uri": config.identity(src.uri)} for src in sources]
+        for split, sources in config.targets.splits.items()
+    }
+    return targets
+
+
+def hash_listings(digest: "hashlib._Hash", config: "AuditConfig",
+                  listings: Mapping[str, Sequence["SourceListing"]]) -> None:
+    """Feed every listed source file (split, source index, identity, row count, version) into digest."""
     for split, found in listings.items():
         for listing in found:
             versions = listing.versions or ("",) * len(listing.files)
             for url, rows, version in zip(listing.files, listing.rows, versions):
                 digest.update(f"{split}\0{listing.index}\0{config.identity(url)}\0{rows}\0{version}\n".encode())
+
+
+def fingerprint(config: "AuditConfig", listings: Mapping[str, Sequence["SourceListing"]]) -> str:
+    """The run's fingerprint: settings_hash and every listed source file with its row count."""
+    digest = hashlib.sha256(settings_hash(config).encode())
+    hash_listings(digest, config, listings)
     for url in model_files(config):  # a generator retrained in place is another run
         digest.update(f"model\0{config.identity(url)}\0{storage.file_version(url, config.storage.endpoint_url)}\n".encode())
     return digest.hexdigest()

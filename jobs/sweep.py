@@ -12,9 +12,10 @@ the last number in its name): the paper's question, when in training memorizatio
 What the checkpoints share: the config and its validation, one Ray instance, and the plan: the
 sources are listed, their rows selected, their ids checked and the shards cut once (at 10^7 rows
 that is most of the driver's own work); each checkpoint's plan differs only in its fingerprint.
-Target decoding is not shared: each audit's actors decode their shards again, since an actor
-holds one generator and decoded targets are not kept between audits. Each checkpoint's output
-resumes on its own, so a re-submitted sweep runs only what is missing.
+Target decoding is shared too (job.target_cache, on by default): the first checkpoint's actors keep each
+real shard's decoded targets under `<out>/cache/targets/` and the others read them instead of the sources
+(jobs.targets). Each checkpoint's output resumes on its own, so a re-submitted sweep runs only what is
+missing.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from . import storage
 from .config import AuditConfig, ConfigError
 from .fingerprint import fingerprint
 from .plan import Plan, make_plan
+from .targets import TargetCache, data_key
 
 log = logging.getLogger("memaudit")
 SWEEP_FIELDS = ("torchscript", "checkpoint", "pickle")
@@ -130,11 +132,12 @@ def run_sweep(config: AuditConfig, found: list[tuple[str, str]], *, plan: Plan |
     from .tracking import exit_code, record_or_fail
 
     plan = plan or make_plan(checkpoint_config(config, *found[0]))
+    cache = shared_targets(config, plan)
     codes, done = [], []
     for i, (name, url) in enumerate(found, 1):
         one = checkpoint_config(config, name, url)
         log.info("checkpoint %d of %d: %s -> %s", i, len(found), name, one.output)
-        outcome = run_audit(one, plan=checkpoint_plan(plan, one), **run_options)
+        outcome = run_audit(one, plan=checkpoint_plan(plan, one), target_cache=cache, **run_options)
         codes.append(record_or_fail(one, outcome, exit_code(outcome, fail_on)))
         if outcome.reduction is not None:
             done.append((name, one.output))
@@ -142,6 +145,14 @@ def run_sweep(config: AuditConfig, found: list[tuple[str, str]], *, plan: Plan |
     if page:
         log.info("sweep: %d of %d checkpoints audited; %s", len(done), len(found), page)
     return worst(codes)
+
+
+def shared_targets(config: AuditConfig, plan: Plan) -> TargetCache | None:
+    """The sweep's decoded-targets cache under `<out>/cache/targets/` (None with job.target_cache: false)."""
+    if not config.job.target_cache:
+        return None
+    return TargetCache(storage.join(config.output, "cache", "targets"), data_key(config, plan),
+                       config.storage.endpoint_url)
 
 
 def checkpoint_plan(plan: Plan, config: AuditConfig) -> Plan:

@@ -3,6 +3,7 @@ output.history, resubmitted without a second row; the job's exit codes with and 
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pyarrow.parquet as pq
@@ -64,7 +65,19 @@ def test_a_sweep_over_two_checkpoints_records_each_once(ray_local, tmp_path, cap
     assert dict(history.column("tags")[0].as_py())["branch"] == "main"
     assert len(set(history.column("generator_sha256").to_pylist())) == 2
     assert len(set(history.column("data_snapshot").to_pylist())) == 1  # the same images for both
+    real_shards = [json.loads((tmp_path / "out" / f"checkpoint={n}" / "run.json").read_text())["target_cache"]
+                   for n in ("step-0100", "step-0200")]
+    assert real_shards[0]["shards_decoded"] == real_shards[1]["shards_read"] > 0  # decoded once, shared
+    assert real_shards[0]["shards_read"] == real_shards[1]["shards_decoded"] == 0
     capsys.readouterr()
+
+    # The second checkpoint's rows from the shared targets are those of a stand-alone audit of its file.
+    alone = write_yaml(tmp_path / "alone.yaml", {**raw, "generator": {**raw["generator"], "torchscript": str(
+        checkpoints / "step-0200.pt")}, "output": str(tmp_path / "alone")})
+    assert main(["--config", str(alone)]) == 0
+    swept, single = (stats.read_output(str(p), columns=None)[0].drop_columns(["seconds"]).sort_by("image_id")
+                     for p in (tmp_path / "out" / "checkpoint=step-0200", tmp_path / "alone"))
+    assert single.num_rows == 28 and swept.select(single.column_names).equals(single)
 
     # Resubmitted (every shard done: it only reduces again): each run keeps its id, so still two rows.
     assert main(["--config", str(config)]) == 0  # without --fail-on the verdict leaves the code at 0
