@@ -12,8 +12,9 @@ below 1e-3 and 1e-2 MSE, the median MSE, images/s and generator evaluations per 
             one random start;
   remedy    the paper's remedy for hard generators: the same, 10 restarts x 100 steps (slow: run on the
             first --remedy-images targets; its images/s is what counts);
-  encoder   the default with the learned start (start: encoder); its one-off training time is printed apart
-            (it is paid once per generator, and cached by the job);
+  encoder   the learned start (start: encoder, what start: auto picks for a large audit); its one-off training
+            time is printed apart (paid once per generator, cached by the job), and the images/s with that
+            time spread over an audit of --audit-images images per actor;
   old       memaudit before issue 9 (commit OLD_ENGINE, restored with `git archive` into a temporary
             folder and run in a subprocess) at restarts 4, iterations 200.
 
@@ -136,8 +137,12 @@ def bench(name: str, args) -> None:
         trained = time.perf_counter() - t
         t = time.perf_counter()
         table = recover(g, targets, ids, settings=settings, encoder=encoder)
-        print(line("encoder start", table.column("mse").to_numpy(), time.perf_counter() - t,
+        seconds = time.perf_counter() - t
+        print(line("encoder start", table.column("mse").to_numpy(), seconds,
                    np.mean(table.column("evaluations").to_numpy())) + f"  [+{trained:.0f} s training, once]")
+        n = args.audit_images  # the training amortized over an audit of n images per actor (start: auto's case)
+        print(f"    with its training over an audit of {n} images per actor: "
+              f"{n / (trained + n * seconds / len(ids)):.2f} images/s")
     if "paper" not in skip:
         t = time.perf_counter()
         mse, evaluations = paper_reference(g, targets, steps=50, restarts=1, seed=args.seed)
@@ -161,6 +166,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
     ap.add_argument("--encoder-steps", type=int, default=2000)
+    ap.add_argument("--audit-images", type=int, default=10_000, help="images per actor the encoder's training is spread over")
     ap.add_argument("--skip", default="", help="comma-separated: default, encoder, paper, remedy, old")
     args = ap.parse_args()
     if args.threads:

@@ -99,6 +99,7 @@ class AuditActor:
                     config.feature_net, device=device, storage_options=storage.storage_options(config.feature_net, endpoint))
             self.shape = recovery.target_shape(self.generator, config.recovery)
             self.discriminator = models.load_discriminator(self.generator, self.shape, config, device)  # issue 13; None if unset
+            self.batch_size = recovery.batch_size_for(self.generator, config.recovery)  # set, or the device's default
         except Exception as exc:  # noqa: BLE001 - kept and raised by ready(), so the driver sees the cause itself
             self.error = exc
         self.load_seconds = time.time() - started
@@ -122,7 +123,7 @@ class AuditActor:
         if self.error is not None:
             raise self.error
         return {"node": self.node, "device": str(self.generator.device), "shape": list(self.shape),
-                "load_seconds": round(self.load_seconds, 3), "pid": os.getpid()}
+                "load_seconds": round(self.load_seconds, 3), "pid": os.getpid(), "batch_size": self.batch_size}
 
     def progress(self) -> dict:
         """The running shard's images done so far: {shard, done, total} (empty when idle). Called by the
@@ -171,7 +172,8 @@ class AuditActor:
                       if src.label_column else None)
         failures = 0
         # keep_latent: samples are rendered from the stored latents, with no actor (issue 11)
-        table = recovery.recover(self.generator, targets, ids, settings=replace(config.recovery, keep_latent=True),
+        settings = replace(config.recovery, keep_latent=True, batch_size=self.batch_size)
+        table = recovery.recover(self.generator, targets, ids, settings=settings,
                                  feature_net=self.feature_net, encoder=self._encoder(), labels=labels,
                                  progress=self._progress_for(shard.id, len(ids)))  # targets [N, C, H, W]
         table = models.add_scores(table, self.discriminator, targets, labels, config)

@@ -73,7 +73,8 @@ class AuditActors:
             return
         if self.first_ready is None:
             self.first_ready = time.time() - self.created
-        log.info("actor ready on %s (%s, generator loaded in %.1fs)", info["node"], info["device"], info["load_seconds"])
+        log.info("actor ready on %s (%s, generator loaded in %.1fs, search batch %s)", info["node"], info["device"],
+                 info["load_seconds"], info.get("batch_size"))
         self.idle.append(actor)
 
     def drop(self, actor) -> None:

@@ -147,7 +147,7 @@ def add_scores(table: pa.Table, discriminator, targets, labels, config: "AuditCo
         import torch
 
         labels = torch.tensor(table.column("label").to_pylist())  # the class the search found
-    scores = discriminator.score(targets, labels, batch_size=config.recovery.batch_size).numpy()  # [N]
+    scores = discriminator.score(targets, labels, batch_size=config.recovery.batch_size or 64).numpy()  # [N]
     table = table.append_column(SCORE, pa.array(scores, pa.float64()))
     return table.append_column(REAL, pa.array(scores > config.discriminator.threshold, pa.bool_()))
 

@@ -11,7 +11,7 @@ from .generators import LoadedGenerator, default_device, load_feature_net, load_
 from .encoder import Encoder, train_encoder
 from .images import to_png, to_target
 from .objective import target_shape
-from .recover import generated_labels, recover, render, sample_generated
+from .recover import batch_size_for, generated_labels, recover, render, sample_generated
 from .settings import ClassesSpec, GeneratorSpec, LatentSpec, OperatorSpec, RecoverySettings
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "OperatorSpec",
     "RecoveryError",
     "RecoverySettings",
+    "batch_size_for",
     "default_device",
     "generated_labels",
     "load_feature_net",

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -12,6 +13,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
+from . import batching
 from .errors import RecoveryError
 from .generators import LoadedGenerator
 from .objective import Objective, psnr, target_shape, to_audit_resolution
@@ -55,6 +57,34 @@ def _evaluator(objective: Objective, to_latent, dim: int, penalty: float):
         return (*(torch.cat([p[j] for p in parts]) for j in range(4)), [p[4][0] for p in parts])
 
     return evaluate
+
+
+def batch_size_for(generator: LoadedGenerator, settings: RecoverySettings) -> int:
+    """settings.batch_size, or when unset the device's default for the audit shape (recovery.batching: 64 on CUDA;
+    on a CPU 16 at 3x64x64, 64 at 1x32x32, 1 at 3x256x256)."""
+    return settings.batch_size or batching.default_batch_size(generator.device, target_shape(generator, settings))
+
+
+def evaluation_step(generator: LoadedGenerator, settings: RecoverySettings, b: int, *,
+                    feature_net: nn.Module | None = None, seed: int = 0) -> Callable[[], None]:
+    """One batched evaluation of the search (loss and latent gradient for b random targets, through G, the
+    operator and the loss) as a function, for timing batch sizes (recovery.batching.rates)."""
+    latent, plan = generator.latent, settings.plan()
+    dim, to_latent = int(np.prod(latent.shape)), _latent_fn(latent, plan.geometry)
+    lo, hi = generator.spec.output_range
+    seeded = torch.Generator().manual_seed(seed)
+    targets = torch.rand((b, *target_shape(generator, settings)), generator=seeded) * (hi - lo) + lo  # [b, C, H, W]
+    labels = torch.zeros(b, dtype=torch.long) if generator.num_classes else None
+    objective = Objective(generator, targets, replace(settings, batch_size=b), feature_net, labels)
+    evaluate = _evaluator(objective, to_latent, dim, settings.latent_penalty)
+    points = generator.draw(b, seeded, 0 if generator.num_classes else None).reshape(b, dim).to(generator.device)
+    index = torch.arange(b, device=generator.device)
+
+    def step() -> None:
+        with torch.inference_mode(False), torch.enable_grad():
+            evaluate(points, index)
+
+    return step
 
 
 def _screener(objective: Objective, to_latent, latent, ids: list[str], settings: RecoverySettings, plan: SearchPlan,
@@ -141,6 +171,8 @@ def recover(
                             "set start='encoder' to use it")
     if labels is not None and not generator.num_classes:
         raise RecoveryError("labels given for an unconditional generator (no generator.classes); a label column needs a conditional G(z, c)")
+    if settings.batch_size is None:
+        settings = replace(settings, batch_size=batch_size_for(generator, settings))
     if generator.num_classes:
         if labels is None:
             return _search_classes(generator, targets, ids, settings=settings, feature_net=feature_net, encoder=encoder)
@@ -312,8 +344,9 @@ def render(generator: LoadedGenerator, latents: torch.Tensor, *, settings: Recov
     """G(z) (G(z, c) for labels [N] int64) at the audit resolution for latents [N, *latent] (or flat [N, D]), on the CPU."""
     shape = target_shape(generator, settings)
     out = []
-    for j, chunk in enumerate(latents.split(max(1, settings.batch_size))):
+    step = batch_size_for(generator, settings)
+    for j, chunk in enumerate(latents.split(step)):
         z = chunk.to(generator.device).reshape(len(chunk), *generator.latent.shape)
-        c = labels[j * settings.batch_size : j * settings.batch_size + len(chunk)] if labels is not None else None
+        c = labels[j * step : j * step + len(chunk)] if labels is not None else None
         out.append(to_audit_resolution(generator(z, c), shape).float().cpu())
     return torch.cat(out) if out else torch.empty((0, *shape))

@@ -233,10 +233,14 @@ class RecoverySettings:
       are L-BFGS iterations; Adam and SGD get ten times as many, as they need about ten times the iterations.
     lr: step size; None picks the optimizer's default (lbfgs 1.0 with line search, adam 0.05; sgd (momentum 0.9)
       sizes each image's steps so its first moves 1% of the latent's norm, since MSE gradients scale with the image).
-    history: L-BFGS memory. tolerance: a start converges when an iteration lowers its loss by less than this
-      fraction and a quasi-Newton step predicts no more (1e-5: about a hundred float32 roundings), or its loss is
-      below 1e-10 (exact).
+    history: L-BFGS memory: curvature pairs kept per image (30: on the trained natural-image generators a quarter
+      fewer evaluations than 10, at 2 x history x D floats per slot).
+    tolerance: a start converges when an iteration lowers its loss by less than this fraction and a quasi-Newton
+      step predicts no more (1e-5: about a hundred float32 roundings), or its loss is below 1e-10 (exact).
     resolution: audit side length; None uses the generator's output size, smaller pools G(z) down to it.
+    batch_size: images searched side by side in one forward and backward pass; None (the default) is 64 on CUDA
+      and on a CPU shrinks with the image, 16 at 3x64x64 (recovery.batching). Which images are recovered does not depend on it; with convolution
+      kernels that choose their algorithm by batch shape the last digits of a trained generator's errors may.
     keep_latent / keep_trace: add the recovered latent / the error after each iteration to the results.
     """
 
@@ -257,10 +261,10 @@ class RecoverySettings:
     patience: int = 20
     stall_ratio: float = 0.9
     adaptive_threshold: float | None = None
-    batch_size: int = 64
+    batch_size: int | None = None
     seed: int = 0
     lr: float | None = None
-    history: int = 10
+    history: int = 30
     tolerance: float = 1e-5
     resolution: int | None = None
     keep_latent: bool = False

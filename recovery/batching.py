@@ -1,0 +1,81 @@
+"""The search's batch size: a default per device, and a measurement to choose one (recovery.batch_size).
+
+How many images share one forward and backward pass decides the search's speed. On a GPU throughput
+grows with the batch until the device is full; on a CPU a batch whose activations leave the caches runs
+slower per image than a small one: on 2 cores the trained upsample+conv generator does about 410
+image-evaluations/s at 16 and 210 at 64, and the DCGAN is flat from 8 to 64, while a 32x32 generator runs
+best at 64. Hence a CPU default that shrinks with the image (default_batch_size).
+
+The default is a fixed number per device type, not a timing taken at run time, because the batch size
+reaches the last bits of a result: convolution kernels pick their algorithm by batch shape, so a trained
+generator's search can follow a slightly different path at 16 than at 8 (the same images are recovered,
+a few evaluations apart). A measured size would make two runs of one config differ. `rates()` measures
+instead for a user who wants to pick a number (benchmarks/batch_size.py prints it).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import torch
+
+CUDA_DEFAULT = 64
+CPU_MAX = 64
+CPU_PIXELS = 1 << 18  # output values per batch on a CPU: 16 images of 3x64x64, 64 of 1x32x32, 1 of 3x256x256
+CPU_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
+CUDA_SIZES = (8, 16, 32, 64, 128, 256, 512, 1024)
+MIN_SECONDS = 0.2  # timed per size, after one warm-up step (and at least 2 steps)
+MAX_STEP_SECONDS = 2.0  # a size whose one step takes longer is the last one tried (a big G on a CPU)
+
+
+def default_batch_size(device: torch.device, shape: tuple[int, ...]) -> int:
+    """recovery.batch_size when unset, from the device type and the audit shape (C, H, W): CUDA_DEFAULT on a GPU;
+    on a CPU the largest power of two whose batch holds at most CPU_PIXELS output values (1 to CPU_MAX), which
+    keeps the activations of a batch in the caches."""
+    if device.type == "cuda":
+        return CUDA_DEFAULT
+    values = max(1, math.prod(shape))
+    return max(1, min(CPU_MAX, 1 << max(0, (CPU_PIXELS // values).bit_length() - 1)))
+
+
+def rates(make_step: Callable[[int], Callable[[], None]], device: torch.device,
+          sizes: tuple[int, ...] | None = None) -> dict[int, float]:
+    """Images per second of make_step(b)() (one batched evaluation of b images) for each size, smallest first;
+    stops at the first size that does not fit in memory or whose one step takes over MAX_STEP_SECONDS."""
+    found: dict[int, float] = {}
+    for b in sizes or (CUDA_SIZES if device.type == "cuda" else CPU_SIZES):
+        rate, last = _rate(make_step, b, device)
+        if rate is not None:
+            found[b] = rate
+        if last:
+            break
+    return found
+
+
+def _rate(make_step: Callable[[int], Callable[[], None]], b: int, device: torch.device) -> tuple[float | None, bool]:
+    """(images per second at batch b or None if b does not fit, whether to stop trying larger sizes)."""
+    try:
+        step = make_step(b)
+        t = time.perf_counter()
+        step()  # warm-up: allocations, kernel and oneDNN primitive selection
+        _sync(device)
+        first = time.perf_counter() - t
+        if first > MAX_STEP_SECONDS:
+            return b / first, True
+        n, t = 0, time.perf_counter()
+        while n < 2 or time.perf_counter() - t < MIN_SECONDS:
+            step()
+            n += 1
+        _sync(device)
+        return b * n / (time.perf_counter() - t), False
+    except torch.OutOfMemoryError:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return None, True
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
