@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
             if found:
                 print(f"{describe(found)}; the first one's plan:")
             print(plan.describe())
+            from .encoders import resolve_start
+
+            print(f"search start: {resolve_start(config, plan.total_images)[1]}")
             print(f"output: {config.output}")
             return 0
         _check_output(config.output, config.storage.endpoint_url)  # a cheap write probe, before Ray starts

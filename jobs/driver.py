@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import models, outputs, preflight, samples, storage
+from . import encoders, models, outputs, preflight, samples, storage
 from .config import GENERATED, AuditConfig
 from .detectors import run_detectors
 from .dispatch import AuditActors, run_shards
@@ -69,13 +69,15 @@ def run_audit(config: AuditConfig, *, plan: Plan | None = None, overwrite: bool 
     started, t0 = now(), time.time()
     storage.configure(config.job.storage_retries, config.job.storage_retry_seconds)
     plan = plan or make_plan(config)
+    config, start = encoders.resolve_start(config, plan.total_images)  # "auto": the encoder for a large audit
     models.check_labels(config, plan)  # issue 13: a label outside generator.classes is refused before any actor starts
     out = config.output
     fitting = fit_actors(config, local=local)  # before anything is written: a resource no node has is a user error
     _check_placement(config)  # a local output on a multi-node cluster: refused before any actor starts
     generator = generator if generator is not None else preflight.load_generator_cpu(config)
     lease, done, info = _take_output(config, plan, overwrite=overwrite, started=started, address=address)
-    info["search"] = models.search_info(generator)  # issue 13: the space searched, as loaded (the report names it)
+    info["search"] = {**models.search_info(generator), "start": start}  # the space searched (issue 13), the start
+    log.info("search start: %s", start)
     pending = [s for s in plan.shards if s.id not in done]
     log.info("plan: %s", plan.describe().replace("\n", "\n  "))
     log.info("output: %s (%d shards already done%s)", out, len(done), ", overwritten" if overwrite else "")

@@ -8,12 +8,25 @@ runs start from the same encoder whatever device trained it. The key hashes the 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 
 from . import storage
 from .config import AuditConfig
+
+
+def resolve_start(config: AuditConfig, images: int) -> tuple[AuditConfig, str]:
+    """recovery.start "auto" made definite for an audit of `images` images (all splits, from the plan, so a
+    resumed run decides alike): "encoder" from recovery.encoder_min_images on, where the encoder's one-off
+    training costs less than it saves, else "prior". Returns (the config with it, a line for the log)."""
+    rec = config.recovery
+    if rec.start != "auto":
+        return config, f"{rec.start} (set)"
+    start = "encoder" if images >= rec.encoder_min_images else "prior"
+    why = f"{start} (auto: {images} images {'>=' if start == 'encoder' else '<'} encoder_min_images {rec.encoder_min_images})"
+    return dataclasses.replace(config, recovery=dataclasses.replace(rec, start=start)), why
 
 
 def encoder_key(generator, config: AuditConfig) -> str:

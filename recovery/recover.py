@@ -166,9 +166,9 @@ def recover(
         raise RecoveryError("image ids must be unique: each seeds its own restarts")
     if settings.start == "encoder" and encoder is None:
         raise RecoveryError("recovery.start: 'encoder' needs an encoder; pass encoder=recovery.train_encoder(generator, ...)")
-    if settings.start != "encoder" and encoder is not None:
-        raise RecoveryError(f"recovery.start: is {settings.start!r}, so the encoder passed would be ignored; "
-                            "set start='encoder' to use it")
+    if settings.start == "prior" and encoder is not None:
+        raise RecoveryError("recovery.start: is 'prior', so the encoder passed would be ignored; "
+                            "set start='encoder' (or 'auto') to use it")
     if labels is not None and not generator.num_classes:
         raise RecoveryError("labels given for an unconditional generator (no generator.classes); a label column needs a conditional G(z, c)")
     if settings.batch_size is None:

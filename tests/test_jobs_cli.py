@@ -22,6 +22,7 @@ def test_dry_run_prints_the_plan_without_ray(tmp_path, tiny_data, tiny_generator
     out = capsys.readouterr().out
     assert "2 shards, 6 images" in out and "val: 6 images of 6 in 2 shards" in out
     assert f"output: {tmp_path / 'o'}" in out
+    assert "search start: prior (auto: 6 images < encoder_min_images 5000)" in out
     assert not (tmp_path / "o").exists()
 
 

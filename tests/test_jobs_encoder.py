@@ -34,3 +34,20 @@ def test_encoder_is_trained_once_and_reused(ray_local, tiny_data, tiny_generator
     other = load_config(path, out=str(out), overrides=["recovery.encoder_steps=31"])
     assert run_audit(other, overwrite=True).exit_code == 0
     assert len(list((out / "cache").glob("encoder-*.pt"))) == 2  # the cache is keyed by weights and settings: kept
+
+
+def test_auto_start_trains_the_encoder_only_for_an_audit_large_enough(ray_local, tiny_data, tiny_generator, tmp_path):
+    import json
+
+    targets = {"train": [{"uri": str(tiny_data / "train.parquet"), "image_column": "image", "id_column": "id"}],
+               "val": [str(tiny_data / "val" / "*.png")], "generated": {"count": 5, "seed": 0}, "shard_size": 8}
+    for threshold, start in ((23, "encoder"), (24, "prior")):  # the audit has 12 + 6 + 5 = 23 images
+        recovery = {"iterations": 5, "encoder_steps": 30, "encoder_min_images": threshold}  # start: auto (default)
+        path = write_yaml(tmp_path / f"audit-{threshold}.yaml", tiny_config(tiny_generator, targets=targets,
+                                                                              recovery=recovery))
+        out = tmp_path / f"out-{threshold}"
+        assert run_audit(load_config(path, out=str(out))).exit_code == 0
+        info = json.loads((out / "run.json").read_text())
+        assert info["search"]["start"].startswith(f"{start} (auto: 23 images")
+        assert len(list(out.glob("cache/encoder-*.pt"))) == (start == "encoder")
+        assert read_output(str(out), columns=None)[0].num_rows == 23

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -192,3 +194,7 @@ def test_a_learned_start_is_trained_on_samples_only_and_starts_closer(g):
     assert (learned.column("evaluations").to_numpy() >= 2).all()  # the guess and the draw were both scored
     with pytest.raises(RecoveryError, match="recovery.start: 'encoder' needs an encoder"):
         recover(g, x, ids, settings=settings)
+    with pytest.raises(RecoveryError, match="is 'prior', so the encoder passed would be ignored"):
+        recover(g, x, ids, settings=replace(settings, start="prior"), encoder=encoder)
+    auto = recover(g, x, ids, settings=replace(settings, start="auto"), encoder=encoder)  # auto + an encoder: used
+    assert auto.drop_columns(["seconds"]).equals(learned.drop_columns(["seconds"]))
