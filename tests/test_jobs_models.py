@@ -61,7 +61,8 @@ def test_conditional_audit_with_the_discriminator_check(ray_local, tmp_path):
     train = [r for r in results if r["split"] == "train"]
     labels = dict(zip(*pq.read_table(ASSETS / "digits" / "train-64.parquet", columns=["id", "label"]).to_pydict().values()))
     assert all(r["label"] == labels[r["image_id"]] for r in train)  # each image searched in its own class
-    assert outcome.run_info["search"] == {"space": "z", "style_based": False, "noise": "const", "classes": 10}
+    assert outcome.run_info["search"] == {"space": "z", "style_based": False, "noise": "const", "classes": 10,
+                                          "start": "prior (auto: 28 images < encoder_min_images 5000)"}
     html = (out / "report.html").read_text()
     assert "Discriminator check" in html and "Conditional generator, 10 classes" in html
 
