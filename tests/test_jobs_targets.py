@@ -88,3 +88,12 @@ def test_labels_keep_their_type_through_a_part(tmp_path, tiny_generator, source)
     back = _read_part(url, shard, (1, 8, 8), None)
     assert [i.label for i in back.items[:3]] == [3, "cat", None]
     assert torch.equal(back.targets, loaded.targets)
+
+
+def test_the_cache_lives_on_an_object_store(tmp_path, tiny_generator, source, s3, bucket, moto_server):
+    config, plan, shard = plan_for(tmp_path, tiny_generator, source)
+    cache = TargetCache(f"s3://{bucket}/sweep/cache/targets", data_key(config, plan), moto_server)
+    first = load_targets(shard, config, shape=(1, 8, 8), cache=cache)
+    assert s3.exists(cache.url(shard.id, (1, 8, 8), config).removeprefix("s3://"))
+    second = load_targets(shard, config, shape=(1, 8, 8), cache=cache)
+    assert second.from_cache and torch.equal(first.targets, second.targets)
