@@ -17,10 +17,13 @@ from typing import Any
 REDACTED = "<redacted>"
 
 # scheme://[userinfo@]rest-up-to-whitespace-or-quote; the query (?...) and fragment (#...) are cut from rest.
-_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/\s@'\"<>]*@)?(?P<rest>[^\s'\"<>]*)")
+_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/\s@'\"<>]*@)?(?P<rest>[^\s'\"<>]*)"
+                  r"(?P<done><redacted>)?")  # a query redacted before: kept as it is (redacting twice changes nothing)
 
 
 def _strip(match: re.Match) -> str:
+    if match.group("done") and match.group("rest").endswith("?"):
+        return match.group(0)
     rest = match.group("rest")
     tail = rest[len(rest.rstrip(":,;.)]")):]  # punctuation after a URL in a sentence is not part of it
     rest = rest[: len(rest) - len(tail)]
@@ -28,7 +31,7 @@ def _strip(match: re.Match) -> str:
     userinfo = f"{REDACTED}@" if match.group("userinfo") else ""
     if cut >= 0:
         rest = f"{rest[:cut]}?{REDACTED}"
-    return f"{match.group('scheme')}{userinfo}{rest}{tail}"
+    return f"{match.group('scheme')}{userinfo}{rest}{tail}{match.group('done') or ''}"
 
 
 def redact_text(text: str) -> str:

@@ -13,6 +13,7 @@ the same as from a fresh decode) and the other checkpoints' actors read them ins
 the output range and the upscale rule, so a changed file, another resolution or another range is a miss,
 never a wrong target. A part that is missing, unreadable or of another key is decoded again and rewritten.
 `job.target_cache: false` turns it off (it stores 4 x C x H x W bytes per image).
+Sources and reasons are stored redacted (jobs.redact), like everything else in the output.
 """
 
 from __future__ import annotations
@@ -131,13 +132,13 @@ def _part_bytes(loaded: ShardTargets, shard: "Shard") -> bytes:
 
     rows: list[dict[str, Any]] = []
     flat = loaded.targets.reshape(len(loaded.items), -1).numpy()  # [N, C*H*W] float32
-    for item, d, vector in zip(loaded.items, loaded.described, flat):
-        rows.append({"image_id": item.image_id, "source": item.source, "row": item.row,
+    for item, d, vector in zip(loaded.items, loaded.described, flat):  # sources and reasons redacted: no secrets
+        rows.append({"image_id": item.image_id, "source": redact_text(item.source), "row": item.row,
                      "label": _label(item.label), "stage": None, "reason": None, "format": d.format, "orig_width": d.width,
                      "orig_height": d.height, "channels": d.channels, "target": vector.astype("<f4").tobytes()})
     for item, stage, reason in loaded.rejects:
-        rows.append({"image_id": item.image_id, "source": item.source, "row": item.row, "label": _label(item.label),
-                     "stage": stage, "reason": reason, "format": None, "orig_width": None, "orig_height": None,
+        rows.append({"image_id": item.image_id, "source": redact_text(item.source), "row": item.row,
+                     "label": _label(item.label), "stage": stage, "reason": redact_text(reason), "format": None, "orig_width": None, "orig_height": None,
                      "channels": None, "target": None})
     table = pa.Table.from_pylist(rows, schema=_SCHEMA)
     meta = {b"memaudit.shard": shard.id.encode(), b"memaudit.images": str(shard.size).encode()}

@@ -20,6 +20,13 @@ def test_urls_inside_messages_are_redacted_and_plain_text_is_untouched():
     assert redact_text("data/train.parquet row 3: not an image") == "data/train.parquet row 3: not an image"
 
 
+def test_redacting_twice_changes_nothing():
+    """A sweep's decoded-targets cache stores sources and reasons redacted, and the results redact them again."""
+    for text in (SIGNED, "s3://key:secret@bucket/x.png", f"cannot read {SIGNED}: 404", "see http://h/x?a=1#f."):
+        once = redact_text(text)
+        assert redact_text(once) == once and once.count(REDACTED) == text.count("://")
+
+
 def test_nested_values_are_redacted():
     info = {"config": {"generator": {"torchscript": SIGNED}, "targets": [{"uri": "s3://u:p@b/x.parquet"}]}, "n": 3}
     clean = redact_value(info)

@@ -77,9 +77,10 @@ def test_a_changed_source_is_another_key(tmp_path, tiny_generator, source):
     assert data_key(config, make_plan(config)) != before
 
 
-def test_labels_keep_their_type_through_a_part(tmp_path, tiny_generator, source):
+def test_labels_keep_their_type_and_sources_lose_their_secrets_through_a_part(tmp_path, tiny_generator, source):
     config, plan, shard = plan_for(tmp_path, tiny_generator, source)
-    items = [Item(f"t{i}", "s3://b/x.parquet", i, None, label=label) for i, label in enumerate([3, "cat", None])]
+    signed = "https://h/x.parquet?X-Amz-Signature=secret"
+    items = [Item(f"t{i}", signed, i, None, label=label) for i, label in enumerate([3, "cat", None])]
     items += [Item(f"t{i}", "s3://b/x.parquet", i, None) for i in range(3, shard.size)]
     loaded = ShardTargets(items, [SourceImage("PNG", 8, 8, 1)] * len(items), torch.rand(len(items), 1, 8, 8))
     url = str(tmp_path / "part.parquet")
@@ -87,6 +88,7 @@ def test_labels_keep_their_type_through_a_part(tmp_path, tiny_generator, source)
         f.write(_part_bytes(loaded, shard))
     back = _read_part(url, shard, (1, 8, 8), None)
     assert [i.label for i in back.items[:3]] == [3, "cat", None]
+    assert "secret" not in open(url, "rb").read().decode("latin-1") and back.items[0].source.startswith("https://h/x.parquet?")
     assert torch.equal(back.targets, loaded.targets)
 
 
