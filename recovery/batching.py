@@ -21,9 +21,10 @@ from typing import Callable
 
 import torch
 
-CUDA_DEFAULT = 64
-CPU_MAX = 64
+MAX_DEFAULT = 64
 CPU_PIXELS = 1 << 18  # output values per batch on a CPU: 16 images of 3x64x64, 64 of 1x32x32, 1 of 3x256x256
+CUDA_PIXELS = 1 << 24  # on a GPU: 64 images up to 3x256x256, 16 of 3x512x512, 4 of 3x1024x1024 (what fits beside
+#                        a style-based generator's activations on a 24 GB card; a bigger card may take more)
 CPU_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
 CUDA_SIZES = (8, 16, 32, 64, 128, 256, 512, 1024)
 MIN_SECONDS = 0.2  # timed per size, after one warm-up step (and at least 2 steps)
@@ -31,13 +32,12 @@ MAX_STEP_SECONDS = 2.0  # a size whose one step takes longer is the last one tri
 
 
 def default_batch_size(device: torch.device, shape: tuple[int, ...]) -> int:
-    """recovery.batch_size when unset, from the device type and the audit shape (C, H, W): CUDA_DEFAULT on a GPU;
-    on a CPU the largest power of two whose batch holds at most CPU_PIXELS output values (1 to CPU_MAX), which
-    keeps the activations of a batch in the caches."""
-    if device.type == "cuda":
-        return CUDA_DEFAULT
+    """recovery.batch_size when unset, from the device type and the audit shape (C, H, W): the largest power of two
+    up to MAX_DEFAULT whose batch holds at most CPU_PIXELS output values on a CPU (the activations stay in the
+    caches) or CUDA_PIXELS on a GPU (they fit in its memory)."""
+    budget = CUDA_PIXELS if device.type == "cuda" else CPU_PIXELS
     values = max(1, math.prod(shape))
-    return max(1, min(CPU_MAX, 1 << max(0, (CPU_PIXELS // values).bit_length() - 1)))
+    return max(1, min(MAX_DEFAULT, 1 << max(0, (budget // values).bit_length() - 1)))
 
 
 def rates(make_step: Callable[[int], Callable[[], None]], device: torch.device,

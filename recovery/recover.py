@@ -60,8 +60,8 @@ def _evaluator(objective: Objective, to_latent, dim: int, penalty: float):
 
 
 def batch_size_for(generator: LoadedGenerator, settings: RecoverySettings) -> int:
-    """settings.batch_size, or when unset the device's default for the audit shape (recovery.batching: 64 on CUDA;
-    on a CPU 16 at 3x64x64, 64 at 1x32x32, 1 at 3x256x256)."""
+    """settings.batch_size, or when unset the device's default for the audit shape (recovery.batching: on a CPU
+    16 at 3x64x64, 64 at 1x32x32, 1 at 3x256x256; on CUDA 64 up to 3x256x256, 4 at 3x1024x1024)."""
     return settings.batch_size or batching.default_batch_size(generator.device, target_shape(generator, settings))
 
 
@@ -175,7 +175,10 @@ def recover(
         settings = replace(settings, batch_size=batch_size_for(generator, settings))
     if generator.num_classes:
         if labels is None:
-            return _search_classes(generator, targets, ids, settings=settings, feature_net=feature_net, encoder=encoder)
+            try:
+                return _search_classes(generator, targets, ids, settings=settings, feature_net=feature_net, encoder=encoder)
+            except torch.OutOfMemoryError:
+                raise _out_of_memory(generator, settings) from None
         labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
         if len(labels) != len(ids):
             raise RecoveryError(f"{len(ids)} targets but {len(labels)} labels")
@@ -183,10 +186,20 @@ def recover(
         if bool(bad.any()):
             k = int(bad.nonzero()[0, 0])
             raise RecoveryError(f"image {ids[k]}: label {int(labels[k])} is outside generator.classes (0..{generator.num_classes - 1})")
-    table = _recover(generator, targets, ids, settings, feature_net, encoder, labels, progress)
+    try:
+        table = _recover(generator, targets, ids, settings, feature_net, encoder, labels, progress)
+    except torch.OutOfMemoryError:
+        raise _out_of_memory(generator, settings) from None
     if labels is not None:
         table = table.append_column("label", pa.array(labels.numpy(), pa.int32()))
     return table
+
+
+def _out_of_memory(generator: LoadedGenerator, settings: RecoverySettings) -> RecoveryError:
+    """The error for a batch that does not fit on the device: what was tried and the setting that fixes it."""
+    shape = "x".join(map(str, target_shape(generator, settings)))
+    return RecoveryError(f"out of {generator.device.type} memory searching {settings.batch_size} images of {shape} side by "
+                         f"side; set recovery.batch_size lower (e.g. {max(1, settings.batch_size // 2)})")
 
 
 def _recover(generator: LoadedGenerator, targets: torch.Tensor, ids: list[str], settings: RecoverySettings,

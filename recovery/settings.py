@@ -243,8 +243,8 @@ class RecoverySettings:
     tolerance: a start converges when an iteration lowers its loss by less than this fraction and a quasi-Newton
       step predicts no more (1e-5: about a hundred float32 roundings), or its loss is below 1e-10 (exact).
     resolution: audit side length; None uses the generator's output size, smaller pools G(z) down to it.
-    batch_size: images searched side by side in one forward and backward pass; None (the default) is 64 on CUDA
-      and on a CPU shrinks with the image, 16 at 3x64x64 (recovery.batching). Which images are recovered does not depend on it; with convolution
+    batch_size: images searched side by side in one forward and backward pass; None (the default) shrinks with
+      the image: on a CPU 16 at 3x64x64, on CUDA 64 up to 3x256x256 and 4 at 3x1024x1024 (recovery.batching). Which images are recovered does not depend on it; with convolution
       kernels that choose their algorithm by batch shape the last digits of a trained generator's errors may.
     keep_latent / keep_trace: add the recovered latent / the error after each iteration to the results.
     """

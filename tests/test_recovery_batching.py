@@ -20,13 +20,32 @@ def g():
     return wrap_generator(DCGAN(nz=8, ngf=8, nc=1, size=16).eval(), latent=LatentSpec((8,)), device="cpu")
 
 
-@pytest.mark.parametrize("shape, expected", [((3, 64, 64), 16), ((1, 32, 32), 64), ((3, 128, 128), 4),
-                                             ((3, 256, 256), 1), ((3, 1024, 1024), 1), ((1, 8, 8), 64)])
-def test_the_cpu_default_keeps_a_batch_of_outputs_small(shape, expected):
+@pytest.mark.parametrize("shape, cpu, cuda", [((3, 64, 64), 16, 64), ((1, 32, 32), 64, 64), ((3, 128, 128), 4, 64),
+                                             ((3, 256, 256), 1, 64), ((3, 512, 512), 1, 16), ((3, 1024, 1024), 1, 4),
+                                             ((1, 8, 8), 64, 64)])
+def test_the_default_keeps_a_batch_of_outputs_within_the_device(shape, cpu, cuda):
     from recovery.batching import default_batch_size
 
-    assert default_batch_size(CPU, shape) == expected
-    assert default_batch_size(torch.device("cuda"), shape) == 64
+    assert default_batch_size(CPU, shape) == cpu
+    assert default_batch_size(torch.device("cuda"), shape) == cuda
+
+
+def test_a_batch_that_does_not_fit_names_the_setting_that_fixes_it():
+    from torch import nn
+
+    class Big(nn.Module):  # pretends that more than 4 images at a time exhaust the device
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            if len(z) > 4:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return torch.tanh(z.reshape(len(z), 1, 2, 4))
+
+    g = wrap_generator(Big(), latent=LatentSpec((8,)), device="cpu")
+    ids = [f"i{i}" for i in range(6)]
+    x = torch.zeros(6, 1, 2, 4)
+    with pytest.raises(Exception, match=r"out of cpu memory searching 6 images of 1x2x4 side by side; set "
+                                        r"recovery.batch_size lower \(e.g. 3\)"):
+        recover(g, x, ids, settings=RecoverySettings(protocol="paper", iterations=3, batch_size=6))
+    assert recover(g, x, ids, settings=RecoverySettings(protocol="paper", iterations=3, batch_size=4)).num_rows == 6
 
 
 def test_an_unset_batch_size_follows_the_rule_and_a_set_one_wins(g):
