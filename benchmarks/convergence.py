@@ -2,6 +2,7 @@
 
     python benchmarks/convergence.py [--models natural-dcgan.pt,natural-upconv.pt] [--images 64]
                                      [--remedy-images 16] [--device cuda] [--threads 2] [--skip encoder,old,remedy]
+                                     [--variants '[{"screening": 4}, {"stop_mse": 3e-4}]']
 
 For each bundled trained generator (jobs/assets/models, see MODEL_CARD.md), 64 generated targets
 (G(z0), z0 seeded), one process, one run, it prints per search: the fraction of images recovered
@@ -15,6 +16,8 @@ below 1e-3 and 1e-2 MSE, the median MSE, images/s and generator evaluations per 
   encoder   the learned start (start: encoder, what start: auto picks for a large audit); its one-off training
             time is printed apart (paid once per generator, cached by the job), and the images/s with that
             time spread over an audit of --audit-images images per actor;
+  variants  (--variants) the default with some recovery settings changed: how tuning candidates are compared;
+            evaluation counts do not depend on the machine's load, so they are the figure to compare.
   old       memaudit before issue 9 (commit OLD_ENGINE, restored with `git archive` into a temporary
             folder and run in a subprocess) at restarts 4, iterations 200.
 
@@ -115,6 +118,17 @@ def line(label: str, mse: np.ndarray, seconds: float, evaluations: float) -> str
             f"({len(mse)} images, {seconds:.1f} s)")
 
 
+def search(g, targets: torch.Tensor, ids: list[str], label: str, settings: RecoverySettings) -> None:
+    """One memaudit search over the targets: its line, then starts per image and how starts ended."""
+    t = time.perf_counter()
+    table = recover(g, targets, ids, settings=settings)
+    seconds = time.perf_counter() - t
+    print(line(label, table.column("mse").to_numpy(), seconds, np.mean(table.column("evaluations").to_numpy())))
+    stops = table.column("stop").value_counts().to_pylist()
+    print(f"    starts per image {np.mean(table.column('restarts').to_numpy()):.2f}; stops "
+          + ", ".join(f"{s['values']} {s['counts']}" for s in stops))
+
+
 def bench(name: str, args) -> None:
     g, entry = load(name, args.device)
     ids = [f"gen-{i:03d}" for i in range(args.images)]
@@ -123,13 +137,9 @@ def bench(name: str, args) -> None:
     recover(g, targets[:2], ids[:2], settings=RecoverySettings(protocol="paper", iterations=2))  # warm-up
     skip = set(args.skip.split(",")) if args.skip else set()
     if "default" not in skip:
-        t = time.perf_counter()
-        table = recover(g, targets, ids, settings=RecoverySettings(seed=args.seed))
-        seconds = time.perf_counter() - t
-        print(line("memaudit default", table.column("mse").to_numpy(), seconds, np.mean(table.column("evaluations").to_numpy())))
-        stops = table.column("stop").value_counts().to_pylist()
-        print(f"    starts per image {np.mean(table.column('restarts').to_numpy()):.2f}; stops "
-              + ", ".join(f"{s['values']} {s['counts']}" for s in stops))
+        search(g, targets, ids, "memaudit default", RecoverySettings(seed=args.seed))
+    for variant in json.loads(args.variants):  # tuning candidates, each against the default above
+        search(g, targets, ids, json.dumps(variant), RecoverySettings(seed=args.seed, **variant))
     if "encoder" not in skip:
         settings = RecoverySettings(seed=args.seed, start="encoder", encoder_steps=args.encoder_steps)
         t = time.perf_counter()
@@ -167,6 +177,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
     ap.add_argument("--encoder-steps", type=int, default=2000)
     ap.add_argument("--audit-images", type=int, default=10_000, help="images per actor the encoder's training is spread over")
+    ap.add_argument("--variants", default="[]",
+                    help='JSON list of recovery settings to run besides the default, e.g. \'[{"screening": 4}, {"stop_mse": 3e-4}]\'')
     ap.add_argument("--skip", default="", help="comma-separated: default, encoder, paper, remedy, old")
     args = ap.parse_args()
     if args.threads:
