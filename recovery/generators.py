@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import RecoveryError
+from .memory_format import apply_memory_format
 from .models import BUILTINS
 from .priors import sample_prior
 from .settings import GeneratorSpec, LatentSpec
@@ -308,6 +309,7 @@ def _style(module: nn.Module, spec: GeneratorSpec, name: str, device: torch.devi
     if anchor is not None:
         g.anchor = torch.cat([anchor, g._noise_start(1)[0]])
     g.output_shape = _check(g, f"{name}, {space} space")
+    _choose_layout(g, f"{name}, {space} space", style=True)
     return g
 
 
@@ -339,7 +341,18 @@ def _finish(module: nn.Module, spec: GeneratorSpec, name: str, device: torch.dev
         raise RecoveryError(f"generator.latent: required for a plain G(z) ({name}): give its shape and prior")
     g = LoadedGenerator(module, spec, (0, 0, 0), device)
     g.output_shape = _check(g, name)
+    _choose_layout(g, name)
     return g
+
+
+def _choose_layout(g: LoadedGenerator, name: str, style: bool = False) -> None:
+    """Channels-last convolutions where they are faster and give the same images (recovery/memory_format.py);
+    "auto" leaves a style-based generator as it is (its modulated, grouped convolutions ran slower in it)."""
+    z = g.draw(3, torch.Generator().manual_seed(0)).to(g.device)  # [3, *latent], the load check's latents
+    labels = torch.arange(3, device=g.device) % g.num_classes if g.num_classes else None
+    lo, hi = g.spec.output_range
+    choice = "contiguous" if style and g.spec.memory_format == "auto" else g.spec.memory_format
+    apply_memory_format(g.module, lambda latents: g(latents, labels), z, choice=choice, device=g.device, scale=hi - lo, name=name)
 
 
 def wrap_generator(

@@ -12,6 +12,7 @@ OPTIMIZERS = ("lbfgs", "adam", "sgd")
 PRIORS = ("normal", "uniform", "sphere", "mapped")
 SPACES = ("z", "w", "w_plus")
 NOISES = ("const", "zero", "optimize")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 ENCODINGS = ("one_hot", "index")
 PROTOCOLS = ("adaptive", "paper")
 STARTS = ("auto", "prior", "encoder")
@@ -80,7 +81,9 @@ class GeneratorSpec:
     for a style-based generator, z otherwise); noise: const (the module's noise buffers, default) | zero |
     optimize (per image, with noise_penalty times the noise regularizer); w_avg_samples: mapped draws averaged
     for the start when the mapping has no w_avg buffer. latent may be None for a style-based generator (z_dim
-    comes from it). classes: G(z, c) is conditional (see ClassesSpec).
+    comes from it). classes: G(z, c) is conditional (see ClassesSpec). memory_format: auto (channels-last
+    convolutions on a CPU when the generator gives the same images in it) | channels_last | contiguous
+    (recovery/memory_format.py).
     """
 
     latent: LatentSpec | None = None
@@ -99,6 +102,7 @@ class GeneratorSpec:
     noise_penalty: float = 1e-3
     w_avg_samples: int = 10_000
     classes: ClassesSpec | None = None
+    memory_format: str = "auto"
 
     def __post_init__(self) -> None:
         given = [k for k in ("torchscript", "factory", "builtin", "pickle") if getattr(self, k)]
@@ -130,6 +134,7 @@ class GeneratorSpec:
         if self.space is not None:
             _choice("generator.space", self.space, SPACES)
         _choice("generator.noise", self.noise, NOISES)
+        _choice("generator.memory_format", self.memory_format, MEMORY_FORMATS)
         if not self.noise_penalty >= 0:
             raise RecoveryError(f"generator.noise_penalty: must be >= 0, got {self.noise_penalty}")
         if int(self.w_avg_samples) < 10_000:

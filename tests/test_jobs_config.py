@@ -89,6 +89,8 @@ def test_bad_values_are_named_with_the_reason(tmp_path, mutate, message):
     (lambda r: r["recovery"].update(optimizer="bfgs"), "recovery.optimizer: 'bfgs' is not one of lbfgs, adam, sgd"),
     (lambda r: r["recovery"].update(operator={"kind": "blur"}), "recovery.operator.kind: 'blur' is not one of"),
     (lambda r: r["generator"]["latent"].update(prior="gauss"), "generator.latent.prior: 'gauss' is not one of normal"),
+    (lambda r: r["generator"].update(memory_format="nhwc"),
+     "generator.memory_format: 'nhwc' is not one of auto, channels_last, contiguous"),
     (lambda r: r["targets"]["train"][0].update(format="tiff"), "targets.train[0].format: 'tiff' is not one of parquet, png"),
     (lambda r: r["targets"].update(val=["data/val/"]), "targets.val[0].format: cannot infer the format"),
 ])
