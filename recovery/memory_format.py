@@ -47,8 +47,7 @@ def apply_memory_format(module: nn.Module, run: Callable[[torch.Tensor], torch.T
         return False
     with torch.no_grad():
         reference = run(z)  # [B, C, H, W], plain layout
-    module.to(memory_format=torch.channels_last)
-    reason = _same_images(run, z, reference, scale)
+    reason = _same_images(module, run, z, reference, scale)
     if reason is None:
         log.info("generator (%s): convolutions run channels-last (generator.memory_format: %s)", name, choice)
         return True
@@ -60,11 +59,12 @@ def apply_memory_format(module: nn.Module, run: Callable[[torch.Tensor], torch.T
     return False
 
 
-def _same_images(run: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, reference: torch.Tensor,
-                 scale: float) -> str | None:
-    """None when the channels-last module gives `reference` and takes a backward pass, else why not."""
+def _same_images(module: nn.Module, run: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor,
+                 reference: torch.Tensor, scale: float) -> str | None:
+    """Turn module channels-last; None when it then gives `reference` and takes a backward pass, else why not."""
     probe = z.detach().clone().requires_grad_(True)
     try:
+        module.to(memory_format=torch.channels_last)
         x = run(probe)  # [B, C, H, W]
         x.float().square().sum().backward()
     except Exception as e:  # noqa: BLE001 - any failure means: keep the layout the module was written for
