@@ -21,6 +21,8 @@ below 1e-3 and 1e-2 MSE, the median MSE, images/s and generator evaluations per 
   old       memaudit before issue 9 (commit OLD_ENGINE, restored with `git archive` into a temporary
             folder and run in a subprocess) at restarts 4, iterations 200.
 
+Every search runs on the same loaded generator, so in the same memory layout (generator.memory_format:
+channels-last convolutions on a CPU); only the old engine, run from its own commit, has the plain one.
 Random-weight generators recover in a handful of iterations and flatter every search; only trained
 ones are used here.
 """

@@ -59,8 +59,7 @@ def main() -> None:
     for name, spec in specs().items():
         plain = load_generator(replace(spec, memory_format="contiguous"), device=args.device)
         auto = load_generator(spec, device=args.device)
-        kept = "channels-last" if any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
-                                      and not p.is_contiguous() for p in auto.module.parameters()) else "plain"
+        kept = "channels-last" if auto.channels_last else "plain"
         b = batch_size_for(plain, settings)
         best = {"plain": 0.0, "auto": 0.0}
         for _ in range(args.batches):

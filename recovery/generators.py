@@ -11,7 +11,6 @@ import importlib
 import inspect
 import io
 import logging
-import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import RecoveryError
+from .errors import RecoveryError, own_message
 from .memory_format import apply_memory_format
 from .models import BUILTINS
 from .priors import sample_prior
@@ -51,6 +50,7 @@ class LoadedGenerator:
     device: torch.device
     search_latent: LatentSpec | None = None
     anchor: torch.Tensor | None = None  # [D] float32 on the CPU
+    channels_last: bool = False  # its convolutions run channels-last (generator.memory_format)
 
     @property
     def latent(self) -> LatentSpec:
@@ -215,20 +215,6 @@ def _freeze(module: nn.Module, device: torch.device) -> nn.Module:
     return module
 
 
-def own_message(exc: BaseException) -> str:
-    """The exception's own message in one line. TorchScript wraps a module's error in its interpreter's
-    traceback ("The following operation failed in the TorchScript interpreter ... RuntimeError: <message>"):
-    the generator's message is the last "SomeError: ..." line, so that is the one kept."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    if "TorchScript interpreter" in lines[0]:
-        raised = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception): ", line)]
-        if raised:
-            return raised[-1][:500]
-    return f"{type(exc).__name__}: {lines[0][:500]}"
-
-
 def _warn_narrow(x: torch.Tensor, lo: float, hi: float, name: str) -> None:
     """Warn when G's samples use under NARROW_RANGE of the declared output range: [0, 1] images declared as
     [0, 255] run to the end with errors 10^4 times too small to mean anything, so say it at load."""
@@ -241,8 +227,7 @@ def _warn_narrow(x: torch.Tensor, lo: float, hi: float, name: str) -> None:
 def _check(g: LoadedGenerator, name: str) -> tuple[int, int, int]:
     """One small forward pass: shape, finiteness, range, and batch independence (eval-mode batch norm)."""
     spec = g.spec
-    z = g.draw(3, torch.Generator().manual_seed(0)).to(g.device)
-    labels = torch.arange(3, device=g.device) % g.num_classes if g.num_classes else None
+    z, labels = _probe_inputs(g)
     try:
         with torch.no_grad():
             x = g(z, labels)
@@ -348,11 +333,18 @@ def _finish(module: nn.Module, spec: GeneratorSpec, name: str, device: torch.dev
 def _choose_layout(g: LoadedGenerator, name: str, style: bool = False) -> None:
     """Channels-last convolutions where they are faster and give the same images (recovery/memory_format.py);
     "auto" leaves a style-based generator as it is (its modulated, grouped convolutions ran slower in it)."""
-    z = g.draw(3, torch.Generator().manual_seed(0)).to(g.device)  # [3, *latent], the load check's latents
-    labels = torch.arange(3, device=g.device) % g.num_classes if g.num_classes else None
+    z, labels = _probe_inputs(g)
     lo, hi = g.spec.output_range
     choice = "contiguous" if style and g.spec.memory_format == "auto" else g.spec.memory_format
-    apply_memory_format(g.module, lambda latents: g(latents, labels), z, choice=choice, device=g.device, scale=hi - lo, name=name)
+    g.channels_last = apply_memory_format(g.module, lambda latents: g(latents, labels), z, choice=choice,
+                                          device=g.device, scale=hi - lo, name=name)
+
+
+def _probe_inputs(g: LoadedGenerator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The load checks' seeded inputs: latents [3, *latent] on G's device and, for a conditional G, classes [3]."""
+    z = g.draw(3, torch.Generator().manual_seed(0)).to(g.device)
+    labels = torch.arange(3, device=g.device) % g.num_classes if g.num_classes else None
+    return z, labels
 
 
 def wrap_generator(

@@ -2,8 +2,9 @@
 
 oneDNN runs convolutions in NHWC without the layout conversions that NCHW weights cost it. Measured
 (forward + backward, 2 CPU threads, torch 2.13, `python benchmarks/memory_format.py`): the trained
-upsample+conv generator ~1.5x, the DCGAN-tutorial one ~1.07x, the 32x32 digit models ~1.2x; but the style-based digit generator's modulated (grouped) convolutions 0.84x,
-so "auto" leaves style-based generators as they are. On CUDA the gain needs tensor cores and mixed precision,
+upsample+conv generator ~1.5x, the DCGAN-tutorial one ~1.07x, the 32x32 digit models ~1.2x; but the
+style-based digit generator's modulated (grouped) convolutions 0.84x, so "auto" leaves style-based
+generators as they are. On CUDA the gain needs tensor cores and mixed precision,
 and fp32 NHWC kernels can be slower, so "auto" keeps CUDA as it is.
 
 A generator may not survive the switch: a `.view` on an activation that is no longer contiguous raises,
@@ -21,7 +22,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .errors import RecoveryError
+from .errors import RecoveryError, own_message
 
 log = logging.getLogger("memaudit.recovery")
 
@@ -53,8 +54,8 @@ def apply_memory_format(module: nn.Module, run: Callable[[torch.Tensor], torch.T
         return True
     module.to(memory_format=torch.contiguous_format)
     if choice == "channels_last":
-        raise RecoveryError(f"generator.memory_format: channels_last does not work for {name}: {reason}; "
-                            "use auto or contiguous")
+        raise RecoveryError(f"generator.memory_format: channels_last does not work for {name} ({reason}); "
+                            "set it to auto or contiguous")
     log.info("generator (%s): kept the plain memory format (channels-last %s)", name, reason)
     return False
 
@@ -68,7 +69,7 @@ def _same_images(module: nn.Module, run: Callable[[torch.Tensor], torch.Tensor],
         x = run(probe)  # [B, C, H, W]
         x.float().square().sum().backward()
     except Exception as e:  # noqa: BLE001 - any failure means: keep the layout the module was written for
-        return f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        return f"failed: {own_message(e)}"
     if not torch.allclose(x.detach().float(), reference.float(), rtol=1e-3, atol=1e-4 * scale):
         err = (x.detach().float() - reference.float()).abs().max().item()
         return f"gives other images (max difference {err:.3g})"

@@ -56,8 +56,11 @@ def _spec(tmp_path, module: nn.Module, memory_format: str = "auto") -> Generator
 
 
 def _channels_last(g) -> bool:
+    """Whether the loaded generator's conv weights are channels-last, as its `channels_last` flag also says."""
     convs = [p for p in g.module.parameters() if p.dim() == 4]
-    return bool(convs) and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in convs)
+    nhwc = bool(convs) and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in convs)
+    assert g.channels_last == nhwc
+    return nhwc
 
 
 def test_auto_runs_convolutions_channels_last_on_a_cpu_with_the_same_images_and_recoveries(tmp_path):
