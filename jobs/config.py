@@ -39,6 +39,7 @@ from .typed import convert, fields, mapping, plain, reject_unknown, shown
 DEFAULT_OUTPUT = "memaudit-out"  # under the current directory, when neither --out nor `output:` is given
 DEMO_CONFIG = Path(__file__).resolve().parent / "assets" / "demo.yaml"  # `memaudit audit` with no --config
 GENERATED = "generated"  # the split sampled from the generator itself (DESIGN §1)
+AUTO = "auto"  # targets.shard_size: sized by jobs.plan from the planned images
 SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # used in paths (split=<name>) and shard ids
 
 
@@ -110,7 +111,8 @@ class TargetsConfig:
     """Split name -> sources, the generated split, and how targets are subsampled and cut into shards.
 
     limit: per real split (an int for every split, or {split: int}), a random subsample drawn with limit_seed.
-    shard_size: images per shard, the unit of work, of retry and of resume.
+    shard_size: images per shard, the unit of work, of retry and of resume; "auto" (the default) is made
+        definite by jobs.plan from the planned images alone (jobs.plan.auto_shard_size), never from resources.
     upscale: allow targets smaller than the audit resolution (upsampled); by default they are rejects.
     """
 
@@ -118,7 +120,7 @@ class TargetsConfig:
     generated: GeneratedConfig | None = None
     limit: int | dict[str, int] | None = None
     limit_seed: int = 0
-    shard_size: int = 256
+    shard_size: int | str = AUTO  # an int >= 1, or AUTO until jobs.plan resolves it
     upscale: bool = False
 
     def limit_for(self, split: str) -> int | None:
@@ -408,9 +410,7 @@ def _targets(raw: Any) -> TargetsConfig:
         limit = convert(int | None, limit, "targets.limit")
         if limit is not None and limit < 1:
             raise ConfigError(f"targets.limit: must be >= 1, got {limit}")
-    shard_size = convert(int, raw.get("shard_size", 256), "targets.shard_size")
-    if shard_size < 1:
-        raise ConfigError(f"targets.shard_size: must be >= 1, got {shard_size}")
+    shard_size = _shard_size(raw.get("shard_size", AUTO))
     targets = TargetsConfig(
         splits=splits,
         generated=generated,
@@ -422,3 +422,15 @@ def _targets(raw: Any) -> TargetsConfig:
     if not targets.split_names:
         raise ConfigError("targets: no splits; give at least one split of sources (e.g. train, val) or generated: {count: N}")
     return targets
+
+
+def _shard_size(value: Any) -> int | str:
+    """targets.shard_size: "auto" or an integer >= 1 (under its bound in jobs.limits)."""
+    if value == AUTO:
+        return AUTO
+    if isinstance(value, str) or value is None:
+        raise ConfigError(f"targets.shard_size: expected {AUTO} or an integer >= 1, got {shown(value)}")
+    size = convert(int, value, "targets.shard_size")
+    if size < 1:
+        raise ConfigError(f"targets.shard_size: must be >= 1 (or {AUTO}), got {size}")
+    return size

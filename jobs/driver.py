@@ -21,7 +21,7 @@ from .detectors import run_detectors
 from .dispatch import AuditActors, run_shards
 from .errors import ConfigError, JobError
 from .lease import Lease
-from .plan import Plan, generated_ids, make_plan
+from .plan import Plan, generated_ids, make_plan, sized
 from .redact import redact_value
 from .runinfo import finished, new_run_info, now
 
@@ -69,6 +69,7 @@ def run_audit(config: AuditConfig, *, plan: Plan | None = None, overwrite: bool 
     started, t0 = now(), time.time()
     storage.configure(config.job.storage_retries, config.job.storage_retry_seconds)
     plan = plan or make_plan(config)
+    config = sized(config, plan.shard_size)  # targets.shard_size auto made definite, as the fingerprint hashes it
     config, start = encoders.resolve_start(config, plan.total_images)  # "auto": the encoder for a large audit
     models.check_labels(config, plan)  # issue 13: a label outside generator.classes is refused before any actor starts
     out = config.output

@@ -8,10 +8,17 @@ indices) and carries the files and rows they map to, so an actor reads exactly t
 `<split>-<sha1(source)[:8]>-<start:09d>`, depends only on the config (the source's identity, see
 AuditConfig.identity) and the data listing, so re-runs of the same config get the same ids: the key of
 resume and of the part file names.
+
+targets.shard_size "auto" (the default) is made definite here, once per plan, from the planned images
+alone (auto_shard_size: about AUTO_SHARDS shards, each of AUTO_MIN to AUTO_MAX images), never from
+resources.actors, so a resume with other actors cuts the same shards. The fingerprint hashes the resolved
+size (`auto` that resolves to 16 and an explicit 16 cut the same shards and share a fingerprint), and
+the driver runs with the resolved config (sized()), so run.json records it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -21,11 +28,14 @@ import numpy as np
 
 from typing import Iterable, Sequence
 
-from .config import GENERATED, AuditConfig
+from .config import AUTO, GENERATED, AuditConfig
 from .errors import ConfigError
 from .fingerprint import fingerprint
 from .sources import FORMATS, ImageFiles, SourceError, SourceListing, list_source, read_ids, select_rows
 
+AUTO_SHARDS = 64  # targets.shard_size auto: about this many shards (finer than the actors: none idles at the end)
+AUTO_MIN = 16  # ... but no shard smaller than this (per-shard overhead: a task, two part files)
+AUTO_MAX = 256  # ... nor larger than this (the unit of retry and resume)
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,8 @@ class Plan:
     listings: dict[str, tuple[SourceListing, ...]] = field(default_factory=dict)
     ids: dict[str, list[str]] = field(default_factory=dict, repr=False)  # real split -> its ids, in shard order
     offsets: dict[str, int] = field(default_factory=dict, repr=False)  # shard id -> where its source starts in ids
+    shard_size: int = 0  # targets.shard_size as resolved for this plan (AUTO made definite)
+    shard_size_auto: bool = False  # whether it was resolved from AUTO
 
     def image_ids(self, shard: Shard) -> list[str] | None:
         """The ids planned for one shard, in order (None when the plan was made without ids, check=False)."""
@@ -76,7 +88,10 @@ class Plan:
 
     def describe(self) -> str:
         """A few plain lines for --dry-run and the log."""
-        lines = [f"fingerprint {self.fingerprint[:16]}, {len(self.shards)} shards, {self.total_images} images"]
+        lines = [f"fingerprint {self.fingerprint[:16]}, {len(self.shards)} shards, {self.total_images} images",
+                 f"  shard size {self.shard_size}" + (f" (targets.shard_size {AUTO}: ceil({self.total_images} images / "
+                                                      f"{AUTO_SHARDS}) kept within [{AUTO_MIN}, {AUTO_MAX}])"
+                                                      if self.shard_size_auto else "")]
         for split, n in self.images.items():
             shards = sum(1 for s in self.shards if s.split == split)
             lines.append(f"  {split}: {n} images of {self.available[split]} in {shards} shards")
@@ -94,8 +109,29 @@ def generated_ids(start: int, stop: int) -> list[str]:
     return [f"{GENERATED}-{i:07d}" for i in range(start, stop)]
 
 
+def auto_shard_size(total_images: int) -> int:
+    """targets.shard_size auto for an audit of `total_images` planned images (all splits, after
+    targets.limit): ceil(total / AUTO_SHARDS) within [AUTO_MIN, AUTO_MAX], i.e. at least ~64 shards up to
+    16k images. It depends on nothing else (not resources.actors), so every run of a config cuts alike."""
+    return min(AUTO_MAX, max(AUTO_MIN, -(-max(0, total_images) // AUTO_SHARDS)))
+
+
+def resolve_shard_size(config: AuditConfig, total_images: int) -> int:
+    """targets.shard_size made definite: an int as given; AUTO by auto_shard_size(total_images)."""
+    size = config.targets.shard_size
+    return auto_shard_size(total_images) if size == AUTO else int(size)
+
+
+def sized(config: AuditConfig, shard_size: int) -> AuditConfig:
+    """The config with targets.shard_size set to the plan's resolved size (what the fingerprint hashes and
+    run.json records); the config itself when it already is (or when shard_size is 0: unknown)."""
+    if not shard_size or config.targets.shard_size == shard_size:
+        return config
+    return dataclasses.replace(config, targets=dataclasses.replace(config.targets, shard_size=shard_size))
+
+
 def make_plan(config: AuditConfig, *, check: bool = True) -> Plan:
-    """List every source, select rows (targets.limit), check ids (check=True) and cut shards.
+    """List every source, select rows (targets.limit), check ids (check=True), size and cut shards.
 
     Cost: O(n log n) in the n listed rows (one binary search per selected row to find its file; ids and
     shards are built in one pass), plus the store's listing (benchmarks/plan_scaling.py).
@@ -104,36 +140,49 @@ def make_plan(config: AuditConfig, *, check: bool = True) -> Plan:
         ConfigError: a source with no files or a bad column, duplicate ids, train/val id overlap.
     """
     targets = config.targets
-    shards: list[Shard] = []
     images: dict[str, int] = {}
     available: dict[str, int] = {}
     listings: dict[str, tuple[SourceListing, ...]] = {}
+    selected: dict[str, list] = {}  # split -> [(listing, positions inside it)]
     ids_by_split: dict[str, list[str | None]] = {}
-    offsets: dict[str, int] = {}
     for split, sources in targets.splits.items():
         listings[split] = _list_split(config, split, sources)
-        per_source, available[split], images[split] = _select(config, split, listings[split])
+        selected[split], available[split], images[split] = _select(config, split, listings[split])
         if check:
-            ids_by_split[split] = _ids(config, per_source)
-        offset = 0
-        for listing, positions in per_source:
-            cut = _cut(config, split, listing, positions)
-            offsets.update((s.id, offset) for s in cut)
-            shards.extend(cut)
-            offset += len(positions)
+            ids_by_split[split] = _ids(config, selected[split])
     if targets.generated is not None and targets.generated.count > 0:
-        count = targets.generated.count
-        available[GENERATED] = images[GENERATED] = count
-        key = f"seed={targets.generated.seed}"
-        for start in range(0, count, targets.shard_size):
-            stop = min(count, start + targets.shard_size)
-            shards.append(Shard(shard_id(GENERATED, key, start), GENERATED, -1, start, stop))
+        available[GENERATED] = images[GENERATED] = targets.generated.count
+    size = resolve_shard_size(config, sum(images.values()))  # from the planned images only: resumes cut alike
+    config = sized(config, size)
+    shards, offsets = _cut_all(config, selected, size)
     if check:
         check_ids(ids_by_split, config.stats.pairs)
     ids = [s.id for s in shards]
     if len(set(ids)) != len(ids):
         raise ConfigError("targets: two sources of one split name the same files; list each source once")
-    return Plan(fingerprint(config, listings), tuple(shards), images, available, listings, ids_by_split, offsets)
+    return Plan(fingerprint(config, listings), tuple(shards), images, available, listings, ids_by_split, offsets,
+                shard_size=size, shard_size_auto=targets.shard_size == AUTO)
+
+
+def _cut_all(config: AuditConfig, selected: dict[str, list], size: int) -> tuple[list[Shard], dict[str, int]]:
+    """Every split's shards of `size` images, in plan order (real splits, then generated), and for each real
+    shard where its source starts in the split's ids."""
+    shards: list[Shard] = []
+    offsets: dict[str, int] = {}
+    for split, per_source in selected.items():
+        offset = 0
+        for listing, positions in per_source:
+            cut = _cut(config, split, listing, positions, size)
+            offsets.update((s.id, offset) for s in cut)
+            shards.extend(cut)
+            offset += len(positions)
+    generated = config.targets.generated
+    if generated is not None and generated.count > 0:
+        key = f"seed={generated.seed}"
+        for start in range(0, generated.count, size):
+            stop = min(generated.count, start + size)
+            shards.append(Shard(shard_id(GENERATED, key, start), GENERATED, -1, start, stop))
+    return shards, offsets
 
 
 def _list_split(config: AuditConfig, split: str, sources) -> tuple[SourceListing, ...]:
@@ -166,9 +215,9 @@ def _ids(config: AuditConfig, per_source) -> list[str | None]:
     return [i for part in parts for i in part]
 
 
-def _cut(config: AuditConfig, split: str, listing: SourceListing, positions: np.ndarray) -> list[Shard]:
-    """One source's selected positions cut into shards of targets.shard_size, each with its file segments."""
-    size, key = config.targets.shard_size, config.identity(listing.source.uri)
+def _cut(config: AuditConfig, split: str, listing: SourceListing, positions: np.ndarray, size: int) -> list[Shard]:
+    """One source's selected positions cut into shards of `size` images, each with its file segments."""
+    key = config.identity(listing.source.uri)
     one_row = isinstance(FORMATS[listing.source.format], ImageFiles)  # image files: position p is file p, row 0
     shards = []
     for start in range(0, len(positions), size):

@@ -42,7 +42,7 @@ def new_run_info(config: AuditConfig, plan: Plan, *, started: str, previous: dic
         "started": started,
         "finished": None,
         "plan": {"shards": len(plan.shards), "images": plan.images, "available": plan.available,
-                 "shard_size": config.targets.shard_size},
+                 "shard_size": plan.shard_size or config.targets.shard_size, "shard_size_auto": plan.shard_size_auto},
         "shards_run": [],
         "failed_shards": {},
         "counts": None,

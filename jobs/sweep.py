@@ -29,7 +29,7 @@ from typing import Any
 from . import storage
 from .config import AuditConfig, ConfigError
 from .fingerprint import fingerprint
-from .plan import Plan, make_plan
+from .plan import Plan, make_plan, sized
 from .targets import TargetCache, data_key
 
 log = logging.getLogger("memaudit")
@@ -156,8 +156,9 @@ def shared_targets(config: AuditConfig, plan: Plan) -> TargetCache | None:
 
 
 def checkpoint_plan(plan: Plan, config: AuditConfig) -> Plan:
-    """A plan for another checkpoint of the same sweep: the same listing and shards, this config's fingerprint."""
-    return dataclasses.replace(plan, fingerprint=fingerprint(config, plan.listings))
+    """A plan for another checkpoint of the same sweep: the same listing and shards, this config's fingerprint
+    (with the plan's resolved targets.shard_size, as make_plan hashes it)."""
+    return dataclasses.replace(plan, fingerprint=fingerprint(sized(config, plan.shard_size), plan.listings))
 
 
 def worst(codes: list[int]) -> int:

@@ -26,6 +26,20 @@ def test_dry_run_prints_the_plan_without_ray(tmp_path, tiny_data, tiny_generator
     assert not (tmp_path / "o").exists()
 
 
+def test_dry_run_shows_the_resolved_auto_shard_size(tmp_path, tiny_data, tiny_generator, capsys):
+    raw = tiny_config(tiny_generator, targets={"val": [str(tiny_data / "val" / "*.png")],
+                                               "generated": {"count": 2000, "seed": 0}})  # shard_size: auto
+    config = str(write_yaml(tmp_path / "audit.yaml", raw))
+    outputs = []
+    for actors in ("2", "1"):  # the same shards whatever the actors
+        assert main(["--config", config, "--dry-run", "--actors", actors, "--out", str(tmp_path / "o")]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert "shard size 32 (targets.shard_size auto: ceil(2006 images / 64) kept within [16, 256])" in outputs[0]
+    assert "generated: 2000 images of 2000 in 63 shards" in outputs[0]
+    plan = [line for line in outputs[0].splitlines() if line.startswith("fingerprint")]
+    assert plan and plan[0] in outputs[1]
+
+
 def test_user_errors_are_one_line_and_exit_2(tmp_path, tiny_data, capsys):
     assert main(["--config", _config(tmp_path, tiny_data, loss="l1"), "--dry-run"]) == 2
     err = capsys.readouterr().err

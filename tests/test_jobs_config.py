@@ -72,6 +72,9 @@ def test_unknown_fields_are_named(tmp_path, mutate, field):
     (lambda r: r["targets"].update(limit=0), "targets.limit: must be >= 1"),
     (lambda r: r["targets"].update(limit={"test": 3}), "targets.limit.test: no such split"),
     (lambda r: r["targets"].update(shard_size=-1), "targets.shard_size: must be >= 1"),
+    (lambda r: r["targets"].update(shard_size=0), "targets.shard_size: must be >= 1 (or auto), got 0"),
+    (lambda r: r["targets"].update(shard_size="big"), "targets.shard_size: expected auto or an integer >= 1, got 'big'"),
+    (lambda r: r["targets"].update(shard_size=2.5), "targets.shard_size: expected an integer"),
     (lambda r: r["targets"]["generated"].update(count="x"), "targets.generated.count: expected an integer"),
     (lambda r: r["targets"].update(train=3), "targets.train: expected a list of sources"),
     (lambda r: r["job"].update(max_reject_fraction=1.5), "job.max_reject_fraction: must be in"),
@@ -166,6 +169,12 @@ def test_fingerprint_covers_what_changes_results_only(tmp_path):
         _load(tmp_path, _base(), overrides=["targets.generated.seed=2"]),
     ]
     assert len({c.settings_hash for c in different} | {base}) == len(different) + 1
+
+
+def test_shard_size_defaults_to_auto_and_takes_auto_or_an_int(tmp_path):
+    assert _load(tmp_path, _base()).targets.shard_size == "auto"
+    assert _load(tmp_path, _base(), overrides=["targets.shard_size=auto"]).targets.shard_size == "auto"
+    assert _load(tmp_path, _base(), overrides=["targets.shard_size=32"]).targets.shard_size == 32
 
 
 def test_fingerprint_is_the_same_for_the_same_config_in_another_directory(tmp_path):

@@ -123,6 +123,36 @@ def test_plan_is_deterministic_and_cut_by_shard_size(tmp_path, tiny_data):
     np.testing.assert_array_equal(rows, select_rows(12, 9, 0, "train"))
 
 
+def test_auto_shard_size_depends_on_the_planned_images_only():
+    from jobs.plan import AUTO_MAX, AUTO_MIN, auto_shard_size
+
+    assert [auto_shard_size(n) for n in (0, 1, 428, 1024)] == [AUTO_MIN] * 4  # small audits: shards of 16
+    assert [auto_shard_size(n) for n in (1025, 3018, 5000)] == [17, 48, 79]  # ceil(n / 64): about 64 shards
+    assert [auto_shard_size(n) for n in (16_384, 16_385, 10**6)] == [AUTO_MAX] * 3  # large ones: shards of 256
+
+
+def test_auto_shard_size_plans_the_same_shards_whatever_the_actors(tmp_path, tiny_data):
+    targets = {"train": [{"uri": str(tiny_data / "train.parquet"), "image_column": "image", "id_column": "id"}],
+               "val": [str(tiny_data / "val" / "*.png")], "generated": {"count": 3000, "seed": 0}}
+    raw = {**tiny_config("g.pt"), "targets": targets}  # shard_size: auto, the default
+    plans = [make_plan(load_config(write_yaml(tmp_path / f"audit-{actors}.yaml",
+                                              {**raw, "resources": {"actors": actors, "cpus_per_actor": 1}})))
+             for actors in (2, 2, 1, 7)]
+    assert all(p.shards == plans[0].shards and p.fingerprint == plans[0].fingerprint for p in plans)
+    plan = plans[0]
+    assert plan.shard_size == 48 and plan.shard_size_auto  # ceil(3018 / 64)
+    assert [s.size for s in plan.shards if s.split != "generated"] == [12, 6]
+    assert len([s for s in plan.shards if s.generated]) == 63
+    assert "shard size 48 (targets.shard_size auto: ceil(3018 images / 64)" in plan.describe()
+    # The fingerprint hashes the resolved size: auto and the size it resolves to are the same plan.
+    explicit = make_plan(load_config(write_yaml(tmp_path / "explicit.yaml",
+                                                {**raw, "targets": {**targets, "shard_size": 48}})))
+    assert explicit.shards == plan.shards and explicit.fingerprint == plan.fingerprint
+    assert not explicit.shard_size_auto
+    other = make_plan(load_config(write_yaml(tmp_path / "other.yaml", {**raw, "targets": {**targets, "shard_size": 47}})))
+    assert other.fingerprint != plan.fingerprint
+
+
 def test_plan_and_fingerprint_do_not_depend_on_where_config_and_data_live(tmp_path, tiny_data):
     # Paths under the config's directory enter ids relative to it (a `ray job submit` working_dir moves them).
     a = tmp_path / "a"
