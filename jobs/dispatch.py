@@ -6,6 +6,11 @@
 A shard that raises in memaudit's code is retried on the next free actor up to job.shard_retries times,
 then reported as failed; a dead actor is Ray's to restart and retry (max_restarts / max_task_retries), and
 a shard whose actor died beyond that is reported as failed.
+
+Longest work first (dispatch_order): real splits' shards before the generated split's (a real image costs
+the search ~5-10x a generated one), larger shards before smaller ones, ties in plan order; a retried shard
+goes to the front. With the finer default shards (targets.shard_size auto) no actor then sits idle at the
+end behind one long shard.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Iterable
 
 from .actors import PROGRESS_GROUP, ShardReport, make_actor_class
 from .config import AuditConfig
@@ -136,12 +141,18 @@ def run_shards(actors: AuditActors, shards: list[Shard], config: AuditConfig, *,
     return _ShardLoop(actors, shards, config, lease).run()
 
 
+def dispatch_order(shards: Iterable[Shard]) -> list[Shard]:
+    """Longest work first: real splits' shards before the generated split's, larger before smaller; a stable
+    sort, so equal shards keep the plan's order and the order is the same in every run."""
+    return sorted(shards, key=lambda s: (s.generated, -s.size))
+
+
 class _ShardLoop:
     """The dispatch loop's state: queued and running shards, actors being probed, progress polls."""
 
     def __init__(self, actors: AuditActors, shards: list[Shard], config: AuditConfig, lease: Any) -> None:
         self.actors, self.config, self.lease = actors, config, lease
-        self.queue: deque[tuple[Shard, int]] = deque((s, 0) for s in shards)
+        self.queue: deque[tuple[Shard, int]] = deque((s, 0) for s in dispatch_order(shards))
         self.running: dict = {}  # ref -> (actor, shard, attempt)
         self.probing: dict = {}  # ping ref -> actor, after its task died with it
         self.polls: dict = {}  # progress() ref -> shard id
