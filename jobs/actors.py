@@ -49,6 +49,7 @@ class ShardReport:
     node: str
     peak_rss_mb: float  # the actor process's peak resident memory so far (for sizing; run.json reports the max)
     targets_from_cache: bool = False  # a checkpoint sweep's decoded targets were read, not decoded (jobs.targets)
+    evaluations: int = 0  # generator evaluations the shard's search spent (recover()'s `evaluations`, summed): its work
 
 
 def make_actor_class(config: AuditConfig):
@@ -194,7 +195,7 @@ class AuditActor:
                            outputs.part_bytes(_rejects_table(rejects, shard.split), fingerprint=self.fingerprint,
                                               shard_id=shard.id), endpoint)
         return ShardReport(shard.id, shard.split, shard.size, shard.size - len(rejects), len(rejects), failures,
-                           time.time() - started, self.node, peak_rss_mb(), from_cache)
+                           time.time() - started, self.node, peak_rss_mb(), from_cache, evaluations(table))
 
     def detector_task(self, name: str, *args):
         """A companion detectors' task (jobs.features.TASKS: features of a shard, kNN of a train block, pairs)."""
@@ -241,6 +242,13 @@ def _rejects_table(rejects: list[tuple[Item, str, str]], split: str) -> pa.Table
         "stage": pa.array([stage for _, stage, _ in rejects], pa.string()),
         "reason": pa.array([redact_text(reason) for _, _, reason in rejects], pa.string()),
     }, schema=outputs.REJECTS_SCHEMA)
+
+
+def evaluations(table: pa.Table) -> int:
+    """The sum of recover()'s `evaluations` column (every searched image's, failures' too: work was spent)."""
+    if "evaluations" not in table.column_names or not table.num_rows:
+        return 0
+    return int(pc.sum(table.column("evaluations")).as_py() or 0)
 
 
 def peak_rss_mb() -> float:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Any, Iterable
 
 from .actors import PROGRESS_GROUP, ShardReport, make_actor_class
@@ -158,7 +158,10 @@ class _ShardLoop:
         self.polls: dict = {}  # progress() ref -> shard id
         self.reports: list[ShardReport] = []
         self.failed: dict[str, str] = {}
-        self.progress = Progress(total_shards=len(shards), total_images=sum(s.size for s in shards))
+        planned: Counter[str] = Counter()
+        for s in shards:
+            planned[s.split] += s.size
+        self.progress = Progress(total_shards=len(shards), planned=planned)
 
     def run(self) -> tuple[list[ShardReport], dict[str, str]]:
         import ray
@@ -196,7 +199,7 @@ class _ShardLoop:
             actor = self.actors.idle.popleft()
             shard, attempt = self.queue.popleft()
             self.running[actor.run_shard.remote(shard)] = (actor, shard, attempt)
-            self.progress.begin()
+            self.progress.begin(shard)
 
     def _check_start_timeout(self) -> None:
         timeout = self.config.job.actor_start_timeout

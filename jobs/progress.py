@@ -1,7 +1,13 @@
-"""Progress of one invocation: shards and images done, images/s, ETA, as plain log lines.
+"""Progress of one invocation: shards and images done, images/s, evaluations/s, ETA, as plain log lines.
 
 The driver logs `Progress.line()` every job.progress_seconds; the same line reads well in a terminal and
 in `ray job logs`. Images count as the actors finish them, inside a shard (issue 11).
+
+The ETA is the work left over the work rate, not images over images/s: a real image costs the search
+~5-10x the generator evaluations of a generated one, so counting images promised "56s" for a val shard
+that took ten more minutes (issue 23). Each split's cost per image is the mean evaluations per image of its
+finished shards (ShardReport.evaluations; a split with none yet takes the mean over all finished shards,
+and before any shard finished the ETA counts images, as before): eta_seconds(), a pure function.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import Any, Callable, Mapping
 
 from .actors import ShardReport
 
@@ -16,17 +23,25 @@ log = logging.getLogger("memaudit")
 
 
 class Progress:
-    """Shards and images done in this invocation, images/s since the first dispatch, ETA.
+    """Shards and images done in this invocation, images/s since the first dispatch, ETA from the work left.
 
-    Images count at image granularity: finished shards' images plus, for each running shard, the images its
-    actor reports done (`partial`, polled by the dispatch loop), so a long shard moves the count and the ETA.
-    In a terminal (stderr a tty) a progress bar is redrawn in place between the log lines.
+    planned: split -> images this invocation runs. Images count at image granularity: finished shards'
+    images plus, for each running shard, the images its actor reports done (`partial`, shard id -> images,
+    polled by the dispatch loop; the shard's split is known from begin()), so a long shard moves the count
+    and the ETA. In a terminal (stderr a tty) a progress bar is redrawn in place between the log lines.
+    clock: the time source (tests inject one).
     """
 
-    def __init__(self, *, total_shards: int, total_images: int, bar: bool | None = None) -> None:
-        self.total_shards, self.total_images = total_shards, total_images
+    def __init__(self, *, total_shards: int, planned: Mapping[str, int], bar: bool | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.total_shards, self.planned = total_shards, dict(planned)
+        self.total_images = sum(self.planned.values())
         self.shards = self.finished_images = self.rejects = 0
+        self.finished: dict[str, int] = {}  # split -> images of its finished shards
+        self.evaluations: dict[str, int] = {}  # split -> generator evaluations of its finished shards
         self.partial: dict[str, int] = {}  # running shard id -> images done in it
+        self.running: dict[str, str] = {}  # running shard id -> its split
+        self.clock = clock
         self.started: float | None = None  # the first dispatch: actor start-up is not part of the rate
         self.bar = sys.stderr.isatty() if bar is None else bar
         self._drawn = False
@@ -35,29 +50,49 @@ class Progress:
     def images(self) -> int:
         return self.finished_images + sum(self.partial.values())
 
-    def begin(self) -> None:
+    def begin(self, shard: Any = None) -> None:
+        """A shard (anything with .id and .split) was dispatched."""
         if self.started is None:
-            self.started = time.time()
+            self.started = self.clock()
+        if shard is not None:
+            self.running[shard.id] = shard.split
 
     def add(self, report: ShardReport) -> None:
         self.partial.pop(report.shard_id, None)
+        self.running.pop(report.shard_id, None)
         self.shards += 1
         self.finished_images += report.images
         self.rejects += report.rejects
+        self.finished[report.split] = self.finished.get(report.split, 0) + report.images
+        self.evaluations[report.split] = self.evaluations.get(report.split, 0) + report.evaluations
+
+    def done(self) -> dict[str, int]:
+        """split -> images done: finished shards' and running shards' partial counts."""
+        done = dict(self.finished)
+        for shard_id, n in self.partial.items():
+            split = self.running.get(shard_id)
+            if split is not None:
+                done[split] = done.get(split, 0) + n
+        return done
 
     def rate(self) -> tuple[float, float]:
         """(seconds since the first dispatch, images/s)."""
-        elapsed = max(1e-9, time.time() - self.started) if self.started is not None else 0.0
+        elapsed = max(1e-9, self.clock() - self.started) if self.started is not None else 0.0
         return elapsed, (self.images / elapsed if elapsed else 0.0)
+
+    def eta(self) -> tuple[float | None, float | None]:
+        """(seconds left or None when unknown, evaluations/s or None before any shard finished)."""
+        elapsed, _ = self.rate()
+        return eta_seconds(self.planned, self.done(), self.finished, self.evaluations, elapsed)
 
     def line(self, final: bool = False) -> str:
         elapsed, rate = self.rate()
-        left = self.total_images - self.images
-        eta = duration(left / rate) if rate > 0 else "unknown"
+        left, evals = self.eta()
         head = "done:" if final else "progress:"
         return (f"{head} shards {self.shards}/{self.total_shards}, images {self.images}/{self.total_images} "
-                f"({self.rejects} rejected), {rate:.1f} images/s, elapsed {duration(elapsed)}"
-                + ("" if final else f", ETA {eta}"))
+                f"({self.rejects} rejected), {rate:.1f} images/s"
+                + ("" if evals is None else f", {evals:.0f} evaluations/s") + f", elapsed {duration(elapsed)}"
+                + ("" if final else f", ETA {'unknown' if left is None else duration(left)}"))
 
     def log(self, suffix: str = "", *, final: bool = False) -> None:
         """One log line (the bar is cleared first and redrawn after)."""
@@ -71,9 +106,10 @@ class Progress:
         if not self.bar or not self.total_images:
             return
         _, rate = self.rate()
+        left, _ = self.eta()
         done = min(self.images, self.total_images)
         filled = int(30 * done / self.total_images)
-        eta = duration((self.total_images - done) / rate) if rate > 0 else "unknown"
+        eta = "unknown" if left is None else duration(left)
         sys.stderr.write(f"\r[{'#' * filled}{'-' * (30 - filled)}] {100 * done / self.total_images:3.0f}% "
                          f"{done}/{self.total_images} images, {rate:.1f}/s, ETA {eta}\033[K")
         sys.stderr.flush()
@@ -84,6 +120,35 @@ class Progress:
             sys.stderr.write("\r\033[K")
             sys.stderr.flush()
             self._drawn = False
+
+
+def eta_seconds(planned: Mapping[str, int], done: Mapping[str, int], finished: Mapping[str, int],
+                evaluations: Mapping[str, int], elapsed: float) -> tuple[float | None, float | None]:
+    """(seconds left, evaluations/s) from the work left per split.
+
+    planned / done: split -> images planned / done so far (finished shards' and running shards' partial
+    images); finished / evaluations: split -> images and generator evaluations of the finished shards;
+    elapsed: seconds since the first dispatch. A split's cost per image is its finished shards' mean
+    evaluations per image, else the mean over every finished shard; the work done (done images x cost)
+    over elapsed is the rate, the work left (images left x cost) over the rate the ETA. Before any shard
+    finished (or when no evaluation is recorded) it falls back to images left over images/s, and the rate
+    is None. The seconds left are None when nothing is done yet.
+    """
+    images, spent = sum(finished.values()), sum(evaluations.values())
+    if images <= 0 or spent <= 0:
+        done_images = sum(done.values())
+        if done_images <= 0 or elapsed <= 0:
+            return None, None
+        left = sum(max(0, n - done.get(s, 0)) for s, n in planned.items())
+        return left / (done_images / elapsed), None
+    mean = spent / images
+    cost = {s: evaluations.get(s, 0) / finished[s] if finished.get(s) else mean for s in {**planned, **done}}
+    work_done = sum(cost[s] * n for s, n in done.items())
+    work_left = sum(cost[s] * max(0, n - done.get(s, 0)) for s, n in planned.items())
+    if work_done <= 0 or elapsed <= 0:
+        return None, None
+    rate = work_done / elapsed
+    return work_left / rate, rate
 
 
 def duration(seconds: float) -> str:

@@ -64,6 +64,7 @@ def test_full_run_reads_and_writes_s3(ray_local, s3, bucket, moto_server, tiny_d
     logged = capsys.readouterr().out
     assert "progress:" in logged or "done: shards" in logged
     assert "done: shards 7/7, images 25/25 (2 rejected)" in logged
+    assert "evaluations/s, elapsed" in logged  # the shards' evaluations reached the progress line (issue 23)
 
     out = f"s3://{bucket}/out"
     opts = {"client_kwargs": {"endpoint_url": moto_server}}
@@ -89,6 +90,7 @@ def test_full_run_reads_and_writes_s3(ray_local, s3, bucket, moto_server, tiny_d
     assert set(train.column("format").to_pylist()) == {"PNG"} and set(train.column("channels").to_pylist()) == {1}
     assert run_info["status"] == "done" and run_info["counts"]["val"] == {"images": 8, "results": 6, "rejects": 2, "failures": 0}
     assert run_info["fingerprint"] == make_plan(load_config(config_path)).fingerprint
+    assert run_info["plan"]["shard_size"] == 4 and not run_info["plan"]["shard_size_auto"]
     assert set(run_info["versions"]) >= {"memaudit", "torch", "ray", "pyarrow"}
     # Credentials never reach the outputs or the log.
     for name in ("run.json", "report.html"):
@@ -138,8 +140,12 @@ def test_another_config_is_refused_unless_overwrite(ray_local, tiny_data, tiny_g
     changed = _config(tmp_path, tiny_generator, targets, out=out, overrides=["recovery.iterations=6"])
     with pytest.raises(ConfigError, match=r"output: .* already holds .* another fingerprint \(differs in recovery.iterations\).*--overwrite"):
         run_audit(changed)
-    # Stats settings only change the reduce, so they are not a different audit.
-    restats = _config(tmp_path, tiny_generator, targets, out=out, overrides=["stats.alpha=0.05"])
+    first = json.loads((out / "run.json").read_text())  # shard_size auto (the default), resolved from 23 images
+    assert first["plan"]["shard_size"] == 16 and first["plan"]["shard_size_auto"]
+    assert first["config"]["targets"]["shard_size"] == 16
+    # Stats settings only change the reduce, so they are not a different audit; nor are the actors (auto does
+    # not depend on them: the same shards).
+    restats = _config(tmp_path, tiny_generator, targets, out=out, overrides=["stats.alpha=0.05", "resources.actors=1"])
     assert run_audit(restats).run_info["shards_run"] == []
     outcome = run_audit(changed, overwrite=True)
     assert outcome.exit_code == 0 and len(outcome.run_info["shards_run"]) == 3
