@@ -10,7 +10,8 @@ a shard whose actor died beyond that is reported as failed.
 Longest work first (dispatch_order): real splits' shards before the generated split's (a real image costs
 the search ~5-10x a generated one), larger shards before smaller ones, ties in plan order; a retried shard
 goes to the front. With the finer default shards (targets.shard_size auto) no actor then sits idle at the
-end behind one long shard.
+end behind one long shard; the loop measures it (progress.ActorUsage: AuditActors.usage, run.json's
+actor_idle_share).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .actors import PROGRESS_GROUP, ShardReport, make_actor_class
 from .config import AuditConfig
 from .errors import JobError
 from .plan import Shard
-from .progress import Progress
+from .progress import ActorUsage, Progress
 
 log = logging.getLogger("memaudit")
 
@@ -43,6 +44,7 @@ class AuditActors:
         self.starting: dict = {}  # ready() ref -> actor
         self.created = 0.0
         self.first_ready: float | None = None  # seconds from start() to the first ready actor
+        self.usage: ActorUsage | None = None  # how busy the actors were while shards ran (run_shards)
 
     def start(self) -> None:
         if self.handles:
@@ -138,7 +140,9 @@ def run_shards(actors: AuditActors, shards: list[Shard], config: AuditConfig, *,
         return [], {}
     actors.start()
     prepare_encoder(actors, config)
-    return _ShardLoop(actors, shards, config, lease).run()
+    loop = _ShardLoop(actors, shards, config, lease)
+    actors.usage = loop.usage
+    return loop.run()
 
 
 def dispatch_order(shards: Iterable[Shard]) -> list[Shard]:
@@ -154,6 +158,8 @@ class _ShardLoop:
         self.actors, self.config, self.lease = actors, config, lease
         self.queue: deque[tuple[Shard, int]] = deque((s, 0) for s in dispatch_order(shards))
         self.running: dict = {}  # ref -> (actor, shard, attempt)
+        self.began: dict = {}  # ref -> when its shard was dispatched
+        self.usage = ActorUsage()
         self.probing: dict = {}  # ping ref -> actor, after its task died with it
         self.polls: dict = {}  # progress() ref -> shard id
         self.reports: list[ShardReport] = []
@@ -192,13 +198,16 @@ class _ShardLoop:
                 self.progress.log(f", actors {busy} busy/{len(self.actors.idle)} idle/{len(self.actors.starting)} starting")
                 next_line = time.time() + every
         self.progress.log(final=True)
+        self.usage.actors.update(id(a) for a in self.actors.idle)  # ready but never given a shard: idle too
+        log.info("%s", self.usage.describe())
         return self.reports, self.failed
 
     def _dispatch(self) -> None:
         while self.actors.idle and self.queue:
             actor = self.actors.idle.popleft()
             shard, attempt = self.queue.popleft()
-            self.running[actor.run_shard.remote(shard)] = (actor, shard, attempt)
+            ref = actor.run_shard.remote(shard)
+            self.running[ref], self.began[ref] = (actor, shard, attempt), time.time()
             self.progress.begin(shard)
 
     def _check_start_timeout(self) -> None:
@@ -243,6 +252,7 @@ class _ShardLoop:
         import ray
 
         actor, shard, attempt = self.running.pop(ref)
+        self.usage.ran(id(actor), self.began.pop(ref), time.time())
         self.progress.partial.pop(shard.id, None)
         try:
             report = ray.get(ref)

@@ -91,15 +91,8 @@ def run_audit(config: AuditConfig, *, plan: Plan | None = None, overwrite: bool 
         started_shards = time.time()
         info["timing_s"] = {"prepare": round(started_shards - t0, 3)}
         reports, failed = run_shards(pool, pending, config, lease=lease)
-        info["timing_s"]["actor_start"] = None if pool.first_ready is None else round(pool.first_ready, 3)
         info["timing_s"]["shards"] = round(time.time() - started_shards, 3)  # includes actor_start
-        info["shards_run"] = [r.shard_id for r in reports]
-        if target_cache is not None:  # issue 14: how many shards' targets a sweep's cache spared decoding
-            info["target_cache"] = {"url": target_cache.root, "shards_read": sum(r.targets_from_cache for r in reports),
-                                    "shards_decoded": sum(not r.targets_from_cache and r.split != GENERATED
-                                                          for r in reports)}
-        info["failed_shards"] = failed
-        info["memory_mb"] = {"actors_peak": max((r.peak_rss_mb for r in reports), default=None)}
+        _record_shards(info, pool, reports, failed, target_cache)
         ran = {r.shard_id for r in reports}  # once: a set per shard made this quadratic (issue 11)
         remaining = [s.id for s in plan.shards if s.id not in done and s.id not in ran]
         if failed:
@@ -122,6 +115,25 @@ def run_audit(config: AuditConfig, *, plan: Plan | None = None, overwrite: bool 
         raise
     finally:
         pool.close()
+
+
+def _record_shards(info: dict, pool: AuditActors, reports: list, failed: dict[str, str], target_cache: Any) -> None:
+    """The dispatch's stats into run.json: shards run and failed, actor start-up, the actors' peak memory and
+    how much of their time dispatch left unused (actor_idle_share: 1 - busy / (actors x span), from the first
+    dispatch to the last shard's end; null when no shard ran)."""
+    info["timing_s"]["actor_start"] = None if pool.first_ready is None else round(pool.first_ready, 3)
+    info["shards_run"] = [r.shard_id for r in reports]
+    if target_cache is not None:  # issue 14: how many shards' targets a sweep's cache spared decoding
+        info["target_cache"] = {"url": target_cache.root, "shards_read": sum(r.targets_from_cache for r in reports),
+                                "shards_decoded": sum(not r.targets_from_cache and r.split != GENERATED
+                                                      for r in reports)}
+    info["failed_shards"] = failed
+    info["memory_mb"] = {"actors_peak": max((r.peak_rss_mb for r in reports), default=None)}
+    usage = pool.usage
+    share = None if usage is None else usage.idle_share
+    info["actor_idle_share"] = None if share is None else round(share, 4)
+    info["actor_busy_s"] = None if share is None else sorted((round(b, 3) for b in usage.busy.values()), reverse=True)
+    info["timing_s"]["shards_span"] = None if share is None else round(usage.span, 3)
 
 
 def _take_output(config: AuditConfig, plan: Plan, *, overwrite: bool, started: str,

@@ -8,6 +8,8 @@ The ETA is the work left over the work rate, not images over images/s: a real im
 that took ten more minutes (issue 23). Each split's cost per image is the mean evaluations per image of its
 finished shards (ShardReport.evaluations; a split with none yet takes the mean over all finished shards,
 and before any shard finished the ETA counts images, as before): eta_seconds(), a pure function.
+
+ActorUsage measures how much of the actors' time dispatch left unused (run.json's actor_idle_share).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from .actors import ShardReport
@@ -149,6 +152,47 @@ def eta_seconds(planned: Mapping[str, int], done: Mapping[str, int], finished: M
         return None, None
     rate = work_done / elapsed
     return work_left / rate, rate
+
+
+@dataclass
+class ActorUsage:
+    """How busy the actors were while shards ran, for run.json's actor_idle_share.
+
+    busy: per actor (a key), the seconds it spent running shards (dispatch to result, failures included);
+    first / last: the first dispatch and the last shard's end; actors: every actor ready during the loop
+    (those that ran a shard and those that waited idle). idle_share = 1 - busy / (actors x span).
+    """
+
+    busy: dict = field(default_factory=dict)
+    actors: set = field(default_factory=set)
+    first: float | None = None
+    last: float | None = None
+
+    def ran(self, actor: Any, began: float, ended: float) -> None:
+        """One shard ran on `actor` from `began` to `ended`."""
+        self.busy[actor] = self.busy.get(actor, 0.0) + max(0.0, ended - began)
+        self.actors.add(actor)
+        self.first = began if self.first is None else min(self.first, began)
+        self.last = ended if self.last is None else max(self.last, ended)
+
+    @property
+    def span(self) -> float:
+        return 0.0 if self.first is None or self.last is None else max(0.0, self.last - self.first)
+
+    @property
+    def idle_share(self) -> float | None:
+        """1 - busy / (actors x span), in [0, 1]; None when no shard ran."""
+        if not self.actors or self.span <= 0:
+            return None
+        return min(1.0, max(0.0, 1.0 - sum(self.busy.values()) / (len(self.actors) * self.span)))
+
+    def describe(self) -> str:
+        share = self.idle_share
+        if share is None:
+            return "actors: no shard ran"
+        busy = ", ".join(duration(b) for b in sorted(self.busy.values(), reverse=True))
+        return (f"actor idle share {100 * share:.0f}% ({len(self.actors)} actors over {duration(self.span)} "
+                f"from the first dispatch to the last shard's end; busy {busy})")
 
 
 def duration(seconds: float) -> str:

@@ -1,5 +1,5 @@
 """Dispatch without Ray (issue 23): longest work first, the ETA from the work left (generator evaluations,
-not images). Pure functions and injected clocks: no timing."""
+not images), and the actors' idle share. Pure functions and injected clocks: no timing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from jobs.actors import ShardReport
 from jobs.dispatch import dispatch_order
 from jobs.plan import Shard
-from jobs.progress import Progress, eta_seconds
+from jobs.progress import ActorUsage, Progress, eta_seconds
 
 
 def _shard(split: str, start: int, stop: int) -> Shard:
@@ -75,3 +75,20 @@ def test_progress_line_uses_the_work_left_and_shows_evaluations_per_second():
     assert line.startswith("progress: shards 2/3, images 140/200 (0 rejected), 3.5 images/s, 125 evaluations/s, ")
     assert line.endswith("elapsed 40s, ETA 48s")
     assert progress.line(final=True).startswith("done: shards 2/3")
+
+
+def test_actor_idle_share_is_the_unused_share_of_the_actors_time():
+    usage = ActorUsage()
+    assert usage.idle_share is None and "no shard ran" in usage.describe()
+    usage.ran("a", 0.0, 60.0)  # one actor runs the long shard for the whole span
+    usage.ran("b", 0.0, 10.0)  # the other finishes two small ones and then waits
+    usage.ran("b", 10.0, 20.0)
+    assert usage.span == 60.0
+    assert usage.idle_share == pytest.approx(1 - 80 / 120)
+    usage.actors.add("c")  # ready, never given a shard: idle all along
+    assert usage.idle_share == pytest.approx(1 - 80 / 180)
+    assert usage.describe().startswith("actor idle share 56% (3 actors over 1m00s")
+    even = ActorUsage()
+    even.ran("a", 5.0, 15.0)
+    even.ran("b", 5.0, 15.0)
+    assert even.idle_share == 0.0

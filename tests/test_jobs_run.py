@@ -65,6 +65,7 @@ def test_full_run_reads_and_writes_s3(ray_local, s3, bucket, moto_server, tiny_d
     assert "progress:" in logged or "done: shards" in logged
     assert "done: shards 7/7, images 25/25 (2 rejected)" in logged
     assert "evaluations/s, elapsed" in logged  # the shards' evaluations reached the progress line (issue 23)
+    assert "actor idle share" in logged
 
     out = f"s3://{bucket}/out"
     opts = {"client_kwargs": {"endpoint_url": moto_server}}
@@ -91,6 +92,7 @@ def test_full_run_reads_and_writes_s3(ray_local, s3, bucket, moto_server, tiny_d
     assert run_info["status"] == "done" and run_info["counts"]["val"] == {"images": 8, "results": 6, "rejects": 2, "failures": 0}
     assert run_info["fingerprint"] == make_plan(load_config(config_path)).fingerprint
     assert run_info["plan"]["shard_size"] == 4 and not run_info["plan"]["shard_size_auto"]
+    assert 0 <= run_info["actor_idle_share"] <= 1 and 1 <= len(run_info["actor_busy_s"]) <= 2  # issue 23
     assert set(run_info["versions"]) >= {"memaudit", "torch", "ray", "pyarrow"}
     # Credentials never reach the outputs or the log.
     for name in ("run.json", "report.html"):
@@ -142,7 +144,7 @@ def test_another_config_is_refused_unless_overwrite(ray_local, tiny_data, tiny_g
         run_audit(changed)
     first = json.loads((out / "run.json").read_text())  # shard_size auto (the default), resolved from 23 images
     assert first["plan"]["shard_size"] == 16 and first["plan"]["shard_size_auto"]
-    assert first["config"]["targets"]["shard_size"] == 16
+    assert first["config"]["targets"]["shard_size"] == 16 and 0 <= first["actor_idle_share"] <= 1
     # Stats settings only change the reduce, so they are not a different audit; nor are the actors (auto does
     # not depend on them: the same shards).
     restats = _config(tmp_path, tiny_generator, targets, out=out, overrides=["stats.alpha=0.05", "resources.actors=1"])
