@@ -139,15 +139,18 @@ class Objective:
     def _features(self, a: torch.Tensor) -> torch.Tensor:
         return self.feature_net(a).flatten(1)
 
-    def images(self, z: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-        """G(z) (G(z, c) with the targets' classes) at the audit resolution, [B, C, H, W]."""
-        labels = self.labels[index] if self.labels is not None else None
+    def images(self, z: torch.Tensor, index: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """G(z) (G(z, c) with the targets' classes, or `labels` [B] when given) at the audit resolution, [B, C, H, W]."""
+        if labels is None and self.labels is not None:
+            labels = self.labels[index]
         return to_audit_resolution(self.generator(z, labels), self.shape)
 
-    def __call__(self, z: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __call__(self, z: torch.Tensor, index: torch.Tensor,
+                 labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss, mse, mae), each [B], of latents z [B, *latent] against targets[index]; the loss includes the
-        generator's own regularizer (optimized noise maps), the reported mse and mae do not."""
-        a, b = self.op(self.images(z, index)), self.targets[index]
+        generator's own regularizer (optimized noise maps), the reported mse and mae do not. labels [B]: the
+        classes to render with instead of the targets' own (a class search screens several per target)."""
+        a, b = self.op(self.images(z, index, labels)), self.targets[index]
         count = self.op.count
         mse = squared_error(a, b, count)
         mae = absolute_error(a, b, count)

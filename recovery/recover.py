@@ -21,6 +21,7 @@ from .optim import MAX_ITERATIONS, StopRules
 from .optimizers import make_optimizer
 from .priors import check_geometry, sample_for_ids, stream, to_prior_space
 from .restarts import ImageSearch, RestartScheduler
+from .screening import Screener
 from .settings import RecoverySettings, SearchPlan
 
 GENERATED_TAG = "generated"  # the stream tag of generated images' z0, distinct from every restart index
@@ -87,45 +88,6 @@ def evaluation_step(generator: LoadedGenerator, settings: RecoverySettings, b: i
     return step
 
 
-def _screener(objective: Objective, to_latent, latent, ids: list[str], settings: RecoverySettings, plan: SearchPlan,
-              guesses: torch.Tensor | None):
-    """Each start's first point: the lowest-loss of `plan.screening` prior draws (plus, for an image's first
-    start, the guesses [N, m, D] when there are any: the encoder's, w_avg), scored forward-only in batches."""
-    k, dim = plan.screening, int(np.prod(latent.shape))
-    generator, labels = objective.generator, objective.labels
-
-    @torch.no_grad()
-    def score(u: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        try:
-            return objective(to_latent(u), index)[0]
-        except torch.OutOfMemoryError:
-            raise
-        except Exception:  # noqa: BLE001 - a draw G cannot render is never chosen; the start itself reports why
-            if len(u) == 1:
-                return torch.full((1,), float("inf"), device=u.device)
-            return torch.cat([score(u[j : j + 1], index[j : j + 1]) for j in range(len(u))])
-
-    def screen(picks: list[tuple[int, int]]) -> tuple[torch.Tensor, list[int]]:
-        candidates = []  # per pick [k_i, D]
-        for i, r in picks:
-            label = int(labels[i]) if labels is not None else None
-            draws = generator.draw(k, stream(settings.seed, ids[i], r), label).reshape(k, dim)
-            candidates.append(torch.cat([guesses[i], draws]) if guesses is not None and r == 0 else draws)
-        counts = [len(c) for c in candidates]
-        if max(counts) == 1:
-            return torch.cat(candidates), [0] * len(picks)  # [n, D]: a plain draw is the optimizer's own first evaluation
-        device = objective.generator.device
-        flat = torch.cat(candidates).to(device)  # [sum k_i, D]
-        index = torch.tensor([i for (i, _), c in zip(picks, counts) for _ in range(c)], device=device)
-        chunk = max(1, settings.batch_size)
-        losses = torch.cat([score(flat[j : j + chunk], index[j : j + chunk]) for j in range(0, len(flat), chunk)])
-        losses = torch.nan_to_num(losses.float().cpu(), nan=float("inf")).split(counts)
-        best = [c[int(torch.argmin(f))] for c, f in zip(candidates, losses)]  # ties go to the first candidate
-        return torch.stack(best), counts
-
-    return screen
-
-
 def recover(
     generator: LoadedGenerator,
     targets: torch.Tensor,  # [N, C, H, W] float32 in generator.spec.output_range, at target_shape(generator, settings)
@@ -150,9 +112,10 @@ def recover(
     adds its w_avg there too.
 
     labels: for a conditional generator, each target's class index [N] (int64, 0 <= label < K); then the
-    table has a `label` column. Without labels every class is searched and the best kept (K times the cost;
-    `label` is the class found, `label_searched` is true, and `restarts`, `evaluations` and `seconds` add up
-    the K searches). Labels for an unconditional generator are an error.
+    table has a `label` column. Without labels the class is searched with the starts (recovery.screening: each
+    start's screening draws are spread over the classes and the best (class, draw) pair starts the search, so
+    it costs about what a known class does); `label` is the class of the best start, `label_searched` is true.
+    Labels for an unconditional generator are an error.
 
     progress: called with the number of images finished so far each time an image's search ends (the job
     reports images done inside a shard with it; issue 11).
@@ -173,12 +136,7 @@ def recover(
         raise RecoveryError("labels given for an unconditional generator (no generator.classes); a label column needs a conditional G(z, c)")
     if settings.batch_size is None:
         settings = replace(settings, batch_size=batch_size_for(generator, settings))
-    if generator.num_classes:
-        if labels is None:
-            try:
-                return _search_classes(generator, targets, ids, settings=settings, feature_net=feature_net, encoder=encoder)
-            except torch.OutOfMemoryError:
-                raise _out_of_memory(generator, settings) from None
+    if generator.num_classes and labels is not None:
         labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
         if len(labels) != len(ids):
             raise RecoveryError(f"{len(ids)} targets but {len(labels)} labels")
@@ -187,12 +145,9 @@ def recover(
             k = int(bad.nonzero()[0, 0])
             raise RecoveryError(f"image {ids[k]}: label {int(labels[k])} is outside generator.classes (0..{generator.num_classes - 1})")
     try:
-        table = _recover(generator, targets, ids, settings, feature_net, encoder, labels, progress)
+        return _recover(generator, targets, ids, settings, feature_net, encoder, labels, progress)
     except torch.OutOfMemoryError:
         raise _out_of_memory(generator, settings) from None
-    if labels is not None:
-        table = table.append_column("label", pa.array(labels.numpy(), pa.int32()))
-    return table
 
 
 def _out_of_memory(generator: LoadedGenerator, settings: RecoverySettings) -> RecoveryError:
@@ -209,14 +164,17 @@ def _recover(generator: LoadedGenerator, targets: torch.Tensor, ids: list[str], 
     latent, plan = generator.latent, settings.plan()
     check_geometry(latent, plan.geometry)
     dim = int(np.prod(latent.shape))
-    objective = Objective(generator, targets, settings, feature_net, labels)
+    class_search = bool(generator.num_classes) and labels is None
+    objective = Objective(generator, targets, settings, feature_net,
+                          torch.zeros(n, dtype=torch.long) if class_search else labels)  # a class search sets them per start
     to_latent = _latent_fn(latent, plan.geometry)
     guesses = _guesses(encoder, targets, settings.batch_size, generator.device)  # [N, 1, D] or None
     if generator.anchor is not None:
         anchor = generator.anchor.reshape(1, 1, dim).expand(n, 1, dim)
         guesses = anchor if guesses is None else torch.cat([guesses, anchor], 1)
+    screen = Screener(objective, to_latent, ids, settings, plan, guesses, class_search=class_search)
     scheduler = RestartScheduler(n, plan, exact_level=settings.exact_level, adaptive_threshold=settings.adaptive_threshold,
-                                 screen=_screener(objective, to_latent, latent, ids, settings, plan, guesses))
+                                 screen=screen)
     rules = StopRules(exact_level=settings.exact_level, patience=settings.patience,
                       stall_ratio=settings.stall_ratio, tolerance=settings.tolerance, stop_mse=plan.stop_mse)
     opt = make_optimizer(
@@ -233,7 +191,13 @@ def _recover(generator: LoadedGenerator, targets: torch.Tensor, ids: list[str], 
     )
     with torch.inference_mode(False), torch.enable_grad():
         opt.run(scheduler.next_tasks, scheduler.on_done if progress is None else _counting(scheduler, progress))
-    return _table(ids, scheduler.images, settings, generator, to_latent)
+    table = _table(ids, scheduler.images, settings, generator, to_latent)
+    if class_search:  # the class of each image's best start
+        found = [screen.chosen[(i, s.best.restart)] for i, s in enumerate(scheduler.images)]
+        return table.append_column("label", pa.array(found, pa.int32())).append_column("label_searched", pa.array([True] * n))
+    if labels is not None:
+        return table.append_column("label", pa.array(labels.numpy(), pa.int32()))
+    return table
 
 
 def _counting(scheduler: RestartScheduler, progress: Callable[[int], None]):
@@ -259,22 +223,6 @@ def _guesses(encoder: nn.Module | None, targets: torch.Tensor, chunk: int, devic
         return None
     parts = [encoder(targets[j : j + chunk].to(device)).float().cpu() for j in range(0, len(targets), max(1, chunk))]
     return torch.cat(parts).reshape(len(targets), 1, -1)
-
-
-def _search_classes(generator: LoadedGenerator, targets: torch.Tensor, ids: list[str], *, settings: RecoverySettings,
-                    feature_net: nn.Module | None, encoder: nn.Module | None) -> pa.Table:
-    """Unknown classes: one full search per class, keeping each image's best (ties to the lower class index).
-    Every search is the same as with that label given, so a row still depends only on its own image."""
-    tables = [_recover(generator, targets, ids, settings, feature_net, encoder, torch.full((len(ids),), k, dtype=torch.long))
-              for k in range(generator.num_classes)]
-    errors = np.stack([np.nan_to_num(t.column("error").to_numpy(zero_copy_only=False), nan=np.inf) for t in tables])  # [K, N]
-    best = errors.argmin(0)  # [N]
-    rows = [tables[k].slice(i, 1) for i, k in enumerate(best)]
-    table = pa.concat_tables(rows) if rows else tables[0]
-    for name in ("restarts", "evaluations", "seconds"):  # the cost of all K searches
-        total = sum(t.column(name).to_numpy(zero_copy_only=False) for t in tables)
-        table = table.set_column(table.schema.get_field_index(name), name, pa.array(total, table.schema.field(name).type))
-    return table.append_column("label", pa.array(best, pa.int32())).append_column("label_searched", pa.array([True] * len(ids)))
 
 
 def _error(r, settings: RecoverySettings, z: torch.Tensor) -> float:
