@@ -142,8 +142,11 @@ class AuditActor:
 
     # -----------------------------------------------------------------------------------------------------
 
-    def run_shard(self, shard: Shard) -> ShardReport:
-        """Audit one shard and write its parts; raises (and writes nothing final) if the shard cannot be done."""
+    def run_shard(self, shard: Shard, start_cap: int | None = None) -> ShardReport:
+        """Audit one shard and write its parts; raises (and writes nothing final) if the shard cannot be done.
+
+        start_cap: recovery.start_cap "auto" as the driver measured it on the generated split (jobs.start_cap);
+        the generated split itself is searched without a cap under "auto"."""
         import torch
 
         import recovery
@@ -174,6 +177,8 @@ class AuditActor:
         failures = 0
         # keep_latent: samples are rendered from the stored latents, with no actor (issue 11)
         settings = replace(config.recovery, keep_latent=True, batch_size=self.batch_size)
+        if settings.start_cap == "auto" and start_cap is not None and not shard.generated:
+            settings = replace(settings, start_cap=start_cap)
         table = recovery.recover(self.generator, targets, ids, settings=settings,
                                  feature_net=self.feature_net, encoder=self._encoder(), labels=labels,
                                  progress=self._progress_for(shard.id, len(ids)))  # targets [N, C, H, W]

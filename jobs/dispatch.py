@@ -131,16 +131,20 @@ def prepare_encoder(actors: AuditActors, config: AuditConfig) -> None:
 
 
 def run_shards(actors: AuditActors, shards: list[Shard], config: AuditConfig, *,
-               lease: Any = None) -> tuple[list[ShardReport], dict[str, str]]:
+               lease: Any = None, start_cap: int | None = None) -> tuple[list[ShardReport], dict[str, str]]:
     """Run shards on the job's actors as they free up; returns (reports of done shards, {failed shard id: why}).
 
     lease: the run's jobs.lease.Lease; the loop stops (LeaseLost) as soon as another run took the output over.
+    start_cap: recovery.start_cap "auto" as measured on the generated split (jobs.start_cap), for real shards.
+    A second call on the same actors (the real splits after the generated one) adds to the same usage.
     """
     if not shards:
         return [], {}
     actors.start()
     prepare_encoder(actors, config)
-    loop = _ShardLoop(actors, shards, config, lease)
+    loop = _ShardLoop(actors, shards, config, lease, start_cap)
+    if actors.usage is not None:
+        loop.usage = actors.usage
     actors.usage = loop.usage
     return loop.run()
 
@@ -154,8 +158,9 @@ def dispatch_order(shards: Iterable[Shard]) -> list[Shard]:
 class _ShardLoop:
     """The dispatch loop's state: queued and running shards, actors being probed, progress polls."""
 
-    def __init__(self, actors: AuditActors, shards: list[Shard], config: AuditConfig, lease: Any) -> None:
-        self.actors, self.config, self.lease = actors, config, lease
+    def __init__(self, actors: AuditActors, shards: list[Shard], config: AuditConfig, lease: Any,
+                 start_cap: int | None = None) -> None:
+        self.actors, self.config, self.lease, self.start_cap = actors, config, lease, start_cap
         self.queue: deque[tuple[Shard, int]] = deque((s, 0) for s in dispatch_order(shards))
         self.running: dict = {}  # ref -> (actor, shard, attempt)
         self.began: dict = {}  # ref -> when its shard was dispatched
@@ -206,7 +211,7 @@ class _ShardLoop:
         while self.actors.idle and self.queue:
             actor = self.actors.idle.popleft()
             shard, attempt = self.queue.popleft()
-            ref = actor.run_shard.remote(shard)
+            ref = actor.run_shard.remote(shard, self.start_cap)
             self.running[ref], self.began[ref] = (actor, shard, attempt), time.time()
             self.progress.begin(shard)
 

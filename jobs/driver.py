@@ -15,10 +15,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import encoders, models, outputs, preflight, samples, storage
+from . import encoders, models, outputs, preflight, samples, start_cap, storage
 from .config import GENERATED, AuditConfig
 from .detectors import run_detectors
-from .dispatch import AuditActors, run_shards
+from .dispatch import AuditActors
 from .errors import ConfigError, JobError
 from .lease import Lease
 from .plan import Plan, generated_ids, make_plan, sized
@@ -79,7 +79,7 @@ def run_audit(config: AuditConfig, *, plan: Plan | None = None, overwrite: bool 
     lease, done, info = _take_output(config, plan, overwrite=overwrite, started=started, address=address)
     info["search"] = {**models.search_info(generator), "start": start}  # the space searched (issue 13), the start
     log.info("search start: %s", start)
-    pending = [s for s in plan.shards if s.id not in done]
+    pending = start_cap.order([s for s in plan.shards if s.id not in done], config)  # generated first under start_cap auto
     log.info("plan: %s", plan.describe().replace("\n", "\n  "))
     log.info("output: %s (%d shards already done%s)", out, len(done), ", overwritten" if overwrite else "")
     if max_shards is not None:
@@ -90,7 +90,7 @@ def run_audit(config: AuditConfig, *, plan: Plan | None = None, overwrite: bool 
     try:
         started_shards = time.time()
         info["timing_s"] = {"prepare": round(started_shards - t0, 3)}
-        reports, failed = run_shards(pool, pending, config, lease=lease)
+        reports, failed = start_cap.run_pending(pool, pending, config, plan, info, lease=lease, done=done)
         info["timing_s"]["shards"] = round(time.time() - started_shards, 3)  # includes actor_start
         _record_shards(info, pool, reports, failed, target_cache)
         ran = {r.shard_id for r in reports}  # once: a set per shard made this quadratic (issue 11)

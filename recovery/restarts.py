@@ -7,8 +7,10 @@ local minimum well above an exact recovery. Two things fix that cheaply:
   scores them in one batched forward pass and starts from the best, so the optimizer begins in a
   good basin more often than a single draw does;
 - adaptive restarts: a start that converges or stalls above the exact-recovery level ends early
-  and the image starts again from a fresh screened draw, until it is recovered or its budget of
-  generator evaluations is spent. Images that recover at once cost one start.
+  and the image starts again from a fresh screened draw, until it is recovered, its budget of
+  generator evaluations is spent or it has had start_cap starts (issue 23: the number of starts
+  that finds an in-range image with the recall asked for, measured on the generated split).
+  Images that recover at once cost one start.
 
 Every decision uses only the image's own results, so an image's row does not depend on its batch.
 """
@@ -93,4 +95,6 @@ class RestartScheduler:
                 return False
         if plan.restarts is not None:  # a fixed count, optionally cut short by adaptive_threshold
             return next_restart < plan.restarts and not (self.threshold is not None and best.loss <= self.threshold)
+        if plan.start_cap is not None and state.starts >= plan.start_cap:
+            return False  # adaptive with a cap: an in-range image is found within it with the recall asked for
         return not best.mse <= self.exact_level  # adaptive: until recovered (NaN and inf are not recovered)

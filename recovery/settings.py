@@ -178,6 +178,7 @@ class SearchPlan:
     restarts: starts per image (None: adaptive, a new start while the image is above exact_level
     and has budget); screening: prior draws per start, the best of which starts the search;
     budget: generator evaluations per image over all starts and screening (None: no cap).
+    start_cap: adaptive restarts only: starts per image that is not recovered (None: until the budget).
     """
 
     iterations: int | None
@@ -186,6 +187,7 @@ class SearchPlan:
     budget: int | None
     geometry: str
     stop_mse: float
+    start_cap: int | None = None
 
 
 # The adaptive defaults (issue 9). Measured on trained generators (benchmarks/convergence.py):
@@ -225,6 +227,17 @@ class RecoverySettings:
       the trained upsample+conv generator E cut evaluations per image from ~275 to ~85 after ~10 CPU-minutes
       of training: worth it beyond about 1000 images).
     encoder_min_images: with start "auto", the audit size (all splits) from which the job trains the encoder.
+    start_cap: with adaptive restarts, the most starts an image that is not yet recovered gets (issue 23). An image
+      that is not in G's range (an unseen real image) never reaches exact_level, so without a cap it restarts until
+      its budget is gone, and real images are nearly all of an audit. A start recovers an in-range image (a
+      generated one, or a training image G copies) with some probability p that does not depend on the image's
+      split, so S starts recover it with probability 1 - (1 - p)^S: the cap is the number of starts at which an
+      in-range image is found with probability start_cap_recall. "auto" (the default): the job measures it on the
+      generated split, searched first with no cap (stats.start_cap: a lower confidence bound on p, and at least the
+      most starts any generated image needed), then searches the real splits with it; recover() on its own,
+      which has no generated split to measure on, treats "auto" as no cap. An int: that many starts. None: no
+      cap (every unrecovered image runs its whole budget, the behaviour before issue 23).
+    start_cap_recall: with start_cap "auto", the share of in-range images the cap must let through (0.99).
     exact_level: the MSE (per pixel, on the generator's output scale, whatever the loss) below which
       an image counts as recovered: it ends adaptive restarts and `evaluations_to_exact` records when
       it was reached. 1e-3 is an RMS pixel error of 0.03 on [-1, 1] (PSNR 36 dB). For a generator with
@@ -265,6 +278,8 @@ class RecoverySettings:
     start: str = "auto"
     encoder_steps: int = 2000
     encoder_min_images: int = 5000
+    start_cap: int | str | None = "auto"
+    start_cap_recall: float = 0.99
     exact_level: float = 1e-3
     stop_mse: float | None = None
     geometry: str | None = None
@@ -298,6 +313,12 @@ class RecoverySettings:
                 raise RecoveryError(f"recovery.{name}: must be > 0, got {value}")
         if self.stop_mse is not None and not 0 <= self.stop_mse <= self.exact_level:
             raise RecoveryError(f"recovery.stop_mse: must be in [0, exact_level = {self.exact_level:g}], got {self.stop_mse}")
+        if isinstance(self.start_cap, str) and self.start_cap != "auto":
+            raise RecoveryError(f"recovery.start_cap: must be 'auto', an int >= 1 or null, got {self.start_cap!r}")
+        if isinstance(self.start_cap, bool) or (isinstance(self.start_cap, int) and self.start_cap < 1):
+            raise RecoveryError(f"recovery.start_cap: must be 'auto', an int >= 1 or null, got {self.start_cap!r}")
+        if not 0 < self.start_cap_recall < 1:
+            raise RecoveryError(f"recovery.start_cap_recall: must be in (0, 1), got {self.start_cap_recall}")
         if not 0 < self.stall_ratio < 1:
             raise RecoveryError(f"recovery.stall_ratio: must be in (0, 1), got {self.stall_ratio}")
         if not self.latent_penalty >= 0:
@@ -321,4 +342,5 @@ class RecoverySettings:
             budget=budget,
             geometry=self.geometry if self.geometry is not None else base.geometry,
             stop_mse=self.stop_mse if self.stop_mse is not None else base.stop_mse,
+            start_cap=self.start_cap if restarts is None and isinstance(self.start_cap, int) else None,
         )

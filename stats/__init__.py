@@ -17,16 +17,19 @@ from stats.io import atomic_write, read_output, write_outputs
 from stats.reduction import Reduction, reduce
 from stats.report import render_report, report_from_output
 from stats.settings import StatsSettings
+from stats.start_cap import StartCap, measure_start_cap
 from stats.text import format_summary
 from stats.verdict import Verdict
 
 __all__ = [
     "Reduction",
     "StatsError",
+    "StartCap",
     "StatsSettings",
     "Verdict",
     "atomic_write",
     "format_summary",
+    "measure_start_cap",
     "read_output",
     "reduce",
     "render_report",
