@@ -91,7 +91,7 @@ def render_report(
         memorized_section(reduction, samples),
         _distributions_section(reduction, groups.errors, colors),
         _convergence_section(results, groups.rows, colors, settings),
-        search_section(reduction, results, groups.rows, colors),
+        search_section(reduction, results, groups.rows, colors, run_info),
         _samples_section(samples),
         detectors_section(companions),
         discriminator_section(discriminator),

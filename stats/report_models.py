@@ -54,9 +54,9 @@ def space_section(run_info: dict[str, Any] | None) -> str:
     if classes:
         names = classes.get("names") or []
         parts.append(f"<p>Conditional generator, {len(names)} classes ({escape(classes.get('encoding', 'one_hot'))}). "
-                     "Images with a label are searched in their class; images without one are searched in every class, "
-                     "keeping the best (the cost times the number of classes); generated images use the class they "
-                     "were drawn with.</p>")
+                     "Images with a label are searched in their class; for images without one the class is searched with "
+                     "the starts (each start's screening draws are spread over the classes and the best class and draw "
+                     "start the search); generated images use the class they were drawn with.</p>")
     parts.append("</section>")
     return "\n".join(parts)
 

@@ -124,8 +124,9 @@ def _memorized_html(row: dict[str, Any], item: SampleImages) -> str:
     return f'<div class="sample"><p>{escape(caption)}</p>{"".join(figures)}{problem}</div>'
 
 
-def search_section(reduction: Reduction, results: pa.Table, rows: dict[str, np.ndarray], colors: dict[str, str]) -> str:
-    """Success against generator evaluations, and the recovered latents' norms, when the results carry them."""
+def search_section(reduction: Reduction, results: pa.Table, rows: dict[str, np.ndarray], colors: dict[str, str],
+                   run_info: dict | None = None) -> str:
+    """Success against generator evaluations, the start cap the job measured, and the recovered latents' norms."""
     curves = budget_curves(results, rows)
     summary = reduction.summary.to_pylist()
     norms = [[r["split"], r["evaluations_median"], percent(r["exact_rate"]), r["latent_norm_q05"],
@@ -139,6 +140,9 @@ def search_section(reduction: Reduction, results: pa.Table, rows: dict[str, np.n
                      "evaluations per image, over all restarts and screening (the paper supplement's &sect;5 curves). "
                      "A generated split far from 100% means the search, not the generator, limits the audit.</p>")
         parts.append(img(budget_png(curves, {s: colors[s] for s in curves}), "share recovered exactly against budget"))
+    cap = ((run_info or {}).get("search") or {}).get("start_cap")
+    if isinstance(cap, dict):
+        parts.append(start_cap_text(cap))
     if norms:
         parts.append("<p>Generator evaluations per image (median), share recovered exactly, and the norm |z|/sqrt(d) "
                      "of the best latent: about 1 under a normal prior; recoveries far above it lie outside the region "
@@ -146,3 +150,14 @@ def search_section(reduction: Reduction, results: pa.Table, rows: dict[str, np.n
         parts.append(table(["split", "evaluations (median)", "exact", "|z|/sqrt(d) q05", "median", "q95"], norms))
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def start_cap_text(cap: dict) -> str:
+    """What the start cap (recovery.start_cap: auto, issue 23) was and what it rests on."""
+    if cap.get("cap") is None:
+        return f"<p>No start cap: {escape(str(cap.get('reason', '')))}.</p>"
+    return (f"<p>Start cap: an image that was not recovered exactly stopped after {int(cap['cap'])} starts, the number "
+            f"that finds an image in the generator's range with probability {percent(cap.get('recall'))}, measured on "
+            f"the generated split ({escape(str(cap.get('reason', '')))}). The cap looks at no train or val image, so "
+            "it treats both alike; a training image the generator copies is in its range and is found as a generated "
+            "image is.</p>")

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pytest
 from PIL import Image
 
-from stats import StatsError, reduce, render_report
+from stats import measure_start_cap, StatsError, reduce, render_report
 from stats.curves import budget_curves, convergence_curves, iterations, padded_traces
 from stats.table import group_results
 
@@ -270,6 +270,10 @@ def test_search_section_from_the_engine_columns():
     assert "search" in page.sections and len(page.images) == 3
     assert "Success against" not in "".join(page.text)  # the figure's title is inside the PNG
     assert "share of each split recovered exactly" in "".join(page.text).lower()
+    assert "Start cap" not in "".join(page.text)  # no run.json, no cap to show
+    cap = measure_start_cap(pa.table({"mse": [1e-4] * 64, "restarts": [1] * 64}), exact_level=1e-3).to_dict()
+    text = "".join(parse(render_report(reduction, results=results, run_info={"search": {"start_cap": cap}})).text)
+    assert "stopped after 2 starts" in text and "64 of 64 generated images recovered" in text  # issue 23
 
 
 def test_convergence_starts_at_iteration_zero():
