@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
             from .encoders import resolve_start
 
             print(f"search start: {resolve_start(config, plan.total_images)[1]}")
+            from .start_cap import describe_cap
+
+            print(f"start cap: {describe_cap(config, plan)}")
             print(f"output: {config.output}")
             return 0
         _check_output(config.output, config.storage.endpoint_url)  # a cheap write probe, before Ray starts

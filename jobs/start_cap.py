@@ -29,6 +29,21 @@ def measures(config: AuditConfig) -> bool:
     return config.recovery.start_cap == "auto" and config.recovery.plan().restarts is None
 
 
+def describe_cap(config: AuditConfig, plan: Plan) -> str:
+    """What --dry-run says of the cap."""
+    cap = config.recovery.start_cap
+    if config.recovery.plan().restarts is not None:
+        return "none (a fixed number of starts)"
+    if cap is None:
+        return "none (every image that is not recovered runs its whole budget)"
+    if cap != "auto":
+        return f"{cap} starts per image that is not recovered"
+    if not any(s.generated for s in plan.shards):
+        return "auto, but there is no generated split to measure it on: none"
+    return (f"auto: measured on the generated split (searched first), the starts that find an in-range image with "
+            f"probability {config.recovery.start_cap_recall:g}; then the real splits")
+
+
 def order(pending: list[Shard], config: AuditConfig) -> list[Shard]:
     """Generated shards first when the cap is measured (so that --max-shards cuts the real ones first)."""
     return sorted(pending, key=lambda s: not s.generated) if measures(config) else pending

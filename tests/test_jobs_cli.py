@@ -40,6 +40,22 @@ def test_dry_run_shows_the_resolved_auto_shard_size(tmp_path, tiny_data, tiny_ge
     assert plan and plan[0] in outputs[1]
 
 
+def test_dry_run_says_what_the_start_cap_will_be(tmp_path, tiny_data, tiny_generator, capsys):
+    """Issue 23: auto is measured on the generated split; without one there is no cap; a fixed protocol has none."""
+    cases = [({"generated": {"count": 4, "seed": 0}}, {"budget": 300}, "start cap: auto: measured on the generated split"),
+             ({}, {"budget": 300}, "start cap: auto, but there is no generated split to measure it on: none"),
+             ({}, {"budget": 300, "start_cap": 3}, "start cap: 3 starts per image that is not recovered"),
+             ({}, {"iterations": 5}, "start cap: none (a fixed number of starts)")]
+    for targets, recovery, expected in cases:
+        raw = tiny_config(tiny_generator, targets={"val": [str(tiny_data / "val" / "*.png")], **targets}, recovery=recovery)
+        config = str(write_yaml(tmp_path / "audit.yaml", raw))
+        assert main(["--config", config, "--dry-run", "--out", str(tmp_path / "o")]) == 0
+        assert expected in capsys.readouterr().out
+    raw = tiny_config(tiny_generator, targets={"val": [str(tiny_data / "val" / "*.png")]}, recovery={"start_cap": "often"})
+    assert main(["--config", str(write_yaml(tmp_path / "bad.yaml", raw)), "--dry-run"]) == 2
+    assert "recovery.start_cap: must be 'auto', an int >= 1 or null, got 'often'" in capsys.readouterr().err
+
+
 def test_user_errors_are_one_line_and_exit_2(tmp_path, tiny_data, capsys):
     assert main(["--config", _config(tmp_path, tiny_data, loss="l1"), "--dry-run"]) == 2
     err = capsys.readouterr().err
