@@ -11,11 +11,10 @@ local minimum well above an exact recovery. Two things fix that cheaply:
   generator evaluations is spent or it has had start_cap starts (issue 23: the number of starts
   that finds an in-range image with the recall asked for, measured on the generated split).
   Images that recover at once cost one start.
-- races: a restart whose loss after race_iterations iterations is still above race_ratio times the
-  image's best so far ends ("raced"): it is heading for a local minimum no better than one found
-  already. A start that finds an in-range image is usually well below that level by then (on the
-  trained upsample+conv generator, at 0.2-0.9x after 20 iterations), and the cap, measured with the
-  same rule on the generated split, counts any that are not.
+- races (opt-in): a restart whose loss after race_iterations iterations is still above race_ratio
+  times the image's best so far ends ("raced"): it is heading for a local minimum no better than one
+  found already. A start that finds an in-range image is usually, not always, well below that level
+  by then, and the cap, measured with the same rule on the generated split, counts those that are not.
 
 Every decision uses only the image's own results, so an image's row does not depend on its batch.
 """

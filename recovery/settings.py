@@ -243,11 +243,11 @@ class RecoverySettings:
     race_iterations, race_ratio: with adaptive restarts, a restart (never an image's first start) whose loss after
       race_iterations L-BFGS iterations is still above race_ratio times the image's best loss so far ends as
       "raced": it is heading for a local minimum no better than one already found, and the rest of it would
-      cost most of a start. On the trained upsample+conv generator a start that went on to recover a generated
-      image was at 0.2-0.9x the image's best by iteration 20, while most restarts of real images were at
-      1.2-3x; (30, 1.2) kept every one of those recoveries and cut a real image's restarts from ~70 to ~44
-      evaluations. It looks only at the image's own starts; under start_cap auto the cap is measured with it.
-      race_iterations 0 turns it off (the paper protocol and fixed restarts never race).
+      cost most of a start. Off by default (0): on the trained upsample+conv generator (30, 1.2) cut real images'
+      restarts from ~70 to ~44 evaluations, but it also cut a few starts that would have recovered a generated
+      image, so the measured start cap rose from 13 to 17 and the generated split's recovery fell from 95.3% to
+      93.8% (benchmarks/audit_cost.py): a saving paid in power. It looks only at the image's own starts; under
+      start_cap auto the cap is measured with it. The paper protocol and fixed restarts never race.
     exact_level: the MSE (per pixel, on the generator's output scale, whatever the loss) below which
       an image counts as recovered: it ends adaptive restarts and `evaluations_to_exact` records when
       it was reached. 1e-3 is an RMS pixel error of 0.03 on [-1, 1] (PSNR 36 dB). For a generator with
@@ -290,7 +290,7 @@ class RecoverySettings:
     encoder_min_images: int = 5000
     start_cap: int | str | None = "auto"
     start_cap_recall: float = 0.99
-    race_iterations: int = 30
+    race_iterations: int = 0
     race_ratio: float = 1.2
     exact_level: float = 1e-3
     stop_mse: float | None = None
