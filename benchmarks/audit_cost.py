@@ -18,6 +18,7 @@ images; generated = `--generated` images. Then it runs the whole job (`memaudit 
            that is not recovered runs its whole budget; shards of 256 in plan order)
   after    the defaults (start_cap: auto, measured on the generated split; shard_size: auto)
   paper    recovery.protocol: paper (50 L-BFGS iterations, one start): the reference cost
+  recall999  the defaults with start_cap_recall 0.999 (optional, --runs ...,recall999)
 
 and prints per run: evaluations per image by split (median, p95), wall time, the actors' idle share
 (run.json), the verdict, where the exact copies rank and whether they are flagged, whether every
@@ -56,6 +57,7 @@ RUNS = {
     "before": ["recovery.start_cap=null", "targets.shard_size=256"],
     "after": [],
     "paper": ["recovery.protocol=paper"],
+    "recall999": ["recovery.start_cap_recall=0.999"],  # the cap's lever: fewer copies lost, more starts
 }
 
 

@@ -40,7 +40,7 @@ def draw_starts(rng: np.random.Generator, n: int, mean: float, concentration: fl
     return np.minimum(needed, limit), needed <= limit
 
 
-def power_table(trials: int, limit: int, seed: int) -> None:
+def power_table(trials: int, limit: int, seed: int, recall: float) -> None:
     rng = np.random.default_rng(seed)
     print(f"{'mean p':>6} {'conc.':>6} {'mean S':>7} {'recall':>7} {'5% recall':>9} {'uncapped':>8} {'lost':>6}")
     for mean in (0.95, 0.7, 0.5, 0.3):
@@ -49,7 +49,7 @@ def power_table(trials: int, limit: int, seed: int) -> None:
             for _ in range(trials):
                 starts, found = draw_starts(rng, 64, mean, concentration, limit)
                 table = pa.table({"mse": np.where(found, 1e-4, 5e-2), "restarts": starts})
-                cap = measure_start_cap(table, exact_level=1e-3).cap or limit
+                cap = measure_start_cap(table, exact_level=1e-3, recall=recall).cap or limit
                 new, new_found = draw_starts(rng, 10_000, mean, concentration, 10**6)
                 caps.append(cap)
                 recalls.append(np.mean(new <= min(cap, limit)))  # the budget still bounds a capped search
@@ -70,7 +70,8 @@ def null_check(model: str, n_val: int, trials: int, seed: int) -> None:
     _, generated = sample_generated(g, gen_ids, seed=0)
     free = RecoverySettings(start_cap=None)
     t = time.perf_counter()
-    cap = measure_start_cap(recover(g, generated, gen_ids, settings=free), exact_level=free.exact_level)
+    cap = measure_start_cap(recover(g, generated, gen_ids, settings=free), exact_level=free.exact_level,
+                            recall=free.start_cap_recall)
     ids, targets = real(g, (ASSETS / entry["train_set"]).with_name("val.parquet"), n_val)
     errors = recover(g, targets, ids, settings=RecoverySettings(start_cap=cap.cap))
     print(f"{model}: cap {cap.cap} ({cap.reason}); {n_val} held-out images searched in {time.perf_counter() - t:.0f} s, "
@@ -93,8 +94,9 @@ def main() -> None:
     ap.add_argument("--null", help="a bundled trained generator for the end-to-end null (e.g. natural-dcgan.pt)")
     ap.add_argument("--val", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--recall", type=float, default=0.999, help="start_cap_recall (the default 0.999)")
     args = ap.parse_args()
-    power_table(args.trials, args.max_starts, args.seed)
+    power_table(args.trials, args.max_starts, args.seed, args.recall)
     if args.null:
         null_check(args.null, args.val, args.trials, args.seed)
 

@@ -49,7 +49,7 @@ class StartCap:
         return asdict(self)
 
 
-def measure_start_cap(generated: pa.Table, *, exact_level: float, recall: float = 0.99,
+def measure_start_cap(generated: pa.Table, *, exact_level: float, recall: float = 0.999,
                       confidence: float = 0.95) -> StartCap:
     """The start cap from the generated split's results (columns mse, restarts), searched without a cap."""
     for name in ("mse", "restarts"):

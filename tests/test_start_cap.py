@@ -82,8 +82,9 @@ def _generated(starts: list[int], recovered: list[bool]) -> pa.Table:
 
 
 def test_the_cap_finds_an_in_range_image_with_the_recall_asked_for():
-    easy = measure_start_cap(_generated([1] * 64, [True] * 64), exact_level=1e-3)
+    easy = measure_start_cap(_generated([1] * 64, [True] * 64), exact_level=1e-3, recall=0.99)
     assert easy.cap == 2 and easy.p_hat == 1.0 and 0.9 < easy.p_low < 1  # one start each: 2 (from the bound on p)
+    assert measure_start_cap(_generated([1] * 64, [True] * 64), exact_level=1e-3).cap == 3  # the default recall, 0.999
     rng = np.random.default_rng(0)
     starts = rng.geometric(0.5, 64)  # each start finds the image with probability 1/2
     hard = measure_start_cap(_generated(starts.tolist(), [True] * 64), exact_level=1e-3, recall=0.99)
