@@ -55,16 +55,21 @@ class ShardReport:
 def make_actor_class(config: AuditConfig):
     """AuditActor as a Ray actor class with the config's resources and Ray's fault tolerance.
 
-    max_restarts: a dead actor (a crashed process, a lost node) is started again, elsewhere if need be;
-    max_task_retries: the shard it was running is then retried on it by Ray. Failures raised by our code
-    are not retried by Ray but by the driver (job.shard_retries).
+    max_restarts -1: an actor whose process or node dies is started again by Ray, on whichever node has room
+    once one has (an autoscaler sees the pending actor and adds a node). No cap: over a long run on spot
+    workers any actor may lose several nodes; a shard that keeps killing its actor is bounded by the driver
+    (job.shard_retries). max_task_retries 2: the short calls (ready, ping, progress, the detectors' tasks)
+    wait for the restart and run again. run_shard is called with max_task_retries=0 (jobs.dispatch): the
+    driver, not Ray, decides what happens to its shard (back to the queue, on another actor, counted
+    against job.shard_retries only if the node lived on), so the shard never waits for this actor's restart.
+    Failures raised by our code are retried by the driver too.
     """
     import ray
 
     return ray.remote(
         num_cpus=config.resources.cpus_per_actor,
         num_gpus=config.resources.gpus_per_actor,
-        max_restarts=2,
+        max_restarts=-1,
         max_task_retries=2,
         concurrency_groups={PROGRESS_GROUP: 1},  # progress() answers while a shard runs
     )(AuditActor)
@@ -124,7 +129,8 @@ class AuditActor:
         if self.error is not None:
             raise self.error
         return {"node": self.node, "device": str(self.generator.device), "shape": list(self.shape),
-                "load_seconds": round(self.load_seconds, 3), "pid": os.getpid(), "batch_size": self.batch_size}
+                "load_seconds": round(self.load_seconds, 3), "pid": os.getpid(), "batch_size": self.batch_size,
+                **_placement()}
 
     def progress(self) -> dict:
         """The running shard's images done so far: {shard, done, total} (empty when idle). Called by the
@@ -212,6 +218,13 @@ class AuditActor:
 
     def ping(self) -> bool:
         return True
+
+
+def _placement() -> dict:
+    """The Ray node this process runs on: its id and IP, which name it in the driver's log when it is lost."""
+    import ray
+
+    return {"node_id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address()}
 
 
 def _results_table(table: pa.Table, split: str, sources: list[str], rows: list[int], hashes: list[str], z0,

@@ -132,19 +132,29 @@ def _check_output(out: str, endpoint_url: str | None) -> None:
 
 def _connect(address: str | None) -> tuple[bool, str | None]:
     """Connect to Ray: an existing connection, --address, $RAY_ADDRESS, or a new local instance sized to the
-    machine (bound to 127.0.0.1). Returns (whether this process started Ray, the address used)."""
-    import ray
+    machine (bound to 127.0.0.1, its auth mode set: jobs.raylink.local_env). Ray's error channel (a lost
+    node's raylet dumps) goes to the DEBUG log, not the job's output (raylink.quiet_ray_errors).
+    Returns (whether this process started Ray, the address used)."""
+    from . import raylink
 
-    if ray.is_initialized():
+    imported = sys.modules.get("ray")
+    if imported is not None and imported.is_initialized():
+        raylink.quiet_ray_errors()
         return False, address
     address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raylink.local_env()  # before Ray starts (and before `import ray` when nothing imported it yet)
+    import ray
+
     if address:
         log.info("connecting to the Ray cluster at %s", address)
         ray.init(address=address, logging_level=logging.WARNING)
+        raylink.quiet_ray_errors()
         return False, address
     log.info("no Ray address given: starting a local Ray instance with %d CPUs", os.cpu_count() or 1)
     ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, logging_level=logging.WARNING,
              _node_ip_address="127.0.0.1")
+    raylink.quiet_ray_errors()
     _fate_share()
     return True, None
 
