@@ -157,7 +157,7 @@ def start_cap_text(cap: dict) -> str:
     if cap.get("cap") is None:
         return f"<p>No start cap: {escape(str(cap.get('reason', '')))}.</p>"
     return (f"<p>Start cap: an image that was not recovered exactly stopped after {int(cap['cap'])} starts, the number "
-            f"that finds an image in the generator's range with probability {percent(cap.get('recall'))}, measured on "
+            f"that finds an image in the generator's range with probability {cap.get('recall', 0):g}, measured on "
             f"the generated split ({escape(str(cap.get('reason', '')))}). The cap looks at no train or val image, so "
             "it treats both alike; a training image the generator copies is in its range and is found as a generated "
             "image is.</p>")

@@ -72,5 +72,5 @@ def measure_start_cap(generated: pa.Table, *, exact_level: float, recall: float 
     cap = max(geometric, most)
     reason = (f"{hits} of {n} generated images recovered in {trials} starts (p = {p_hat:.2f}, "
               f"{confidence:.0%} lower bound {p_low:.2f}): {geometric} starts find an in-range image with "
-              f"probability {recall:.0%}; the hardest recovered one needed {most}")
+              f"probability {recall:g}; the hardest recovered one needed {most}")
     return StartCap(cap, n, hits, trials, p_hat, p_low, most, recall, confidence, reason)
