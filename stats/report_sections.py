@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from stats.columns import numeric
 from stats.curves import budget_curves
 from stats.html import escape, img, table
 from stats.plots import budget_png
@@ -140,6 +141,11 @@ def search_section(reduction: Reduction, results: pa.Table, rows: dict[str, np.n
                      "evaluations per image, over all restarts and screening (the paper supplement's &sect;5 curves). "
                      "A generated split far from 100% means the search, not the generator, limits the audit.</p>")
         parts.append(img(budget_png(curves, {s: colors[s] for s in curves}), "share recovered exactly against budget"))
+    spent = spending_rows(results, rows)
+    if spent:
+        parts.append("<p>Where the budget went: generator evaluations per image by split, and each split's share of "
+                     "all the audit's evaluations.</p>")
+        parts.append(table(["split", "images", "evaluations (median)", "p95", "max", "share of the audit"], spent))
     cap = ((run_info or {}).get("search") or {}).get("start_cap")
     if isinstance(cap, dict):
         parts.append(start_cap_text(cap))
@@ -161,3 +167,20 @@ def start_cap_text(cap: dict) -> str:
             f"the generated split ({escape(str(cap.get('reason', '')))}). The cap looks at no train or val image, so "
             "it treats both alike; a training image the generator copies is in its range and is found as a generated "
             "image is.</p>")
+
+
+def spending_rows(results: pa.Table, rows: dict[str, np.ndarray]) -> list[list]:
+    """Per split: images, evaluations per image (median, p95, max) and the split's share of all evaluations."""
+    evaluations = numeric(results, "evaluations")
+    if evaluations is None:
+        return []
+    total = float(np.nansum(evaluations))
+    out = []
+    for split, positions in rows.items():
+        spent = evaluations[positions]
+        spent = spent[~np.isnan(spent)]
+        if not len(spent):
+            continue
+        out.append([split, len(spent), number(float(np.median(spent))), number(float(np.percentile(spent, 95))),
+                    number(float(spent.max())), percent(float(spent.sum()) / total if total else None)])
+    return out

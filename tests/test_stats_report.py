@@ -15,6 +15,7 @@ from PIL import Image
 
 from stats import measure_start_cap, StatsError, reduce, render_report
 from stats.curves import budget_curves, convergence_curves, iterations, padded_traces
+from stats.report_sections import spending_rows
 from stats.table import group_results
 
 EVIL = "<script>alert(1)</script>"
@@ -271,6 +272,9 @@ def test_search_section_from_the_engine_columns():
     assert "Success against" not in "".join(page.text)  # the figure's title is inside the PNG
     assert "share of each split recovered exactly" in "".join(page.text).lower()
     assert "Start cap" not in "".join(page.text)  # no run.json, no cap to show
+    spent = {r[0]: r for r in spending_rows(results, group_results(results).rows)}  # where the budget went
+    assert spent["train"][1] == 60 and sum(float(r[-1].rstrip("%")) for r in spent.values()) == pytest.approx(100, abs=0.5)
+    assert "where the budget went" in "".join(page.text).lower()
     cap = measure_start_cap(pa.table({"mse": [1e-4] * 64, "restarts": [1] * 64}), exact_level=1e-3).to_dict()
     text = "".join(parse(render_report(reduction, results=results, run_info={"search": {"start_cap": cap}})).text)
     assert "stopped after 3 starts" in text and "64 of 64 generated images recovered" in text  # issue 23
