@@ -4,14 +4,12 @@
     reports, failed = run_shards(actors, pending, config)
 
 A shard that raises in memaudit's code is retried on the next free actor up to job.shard_retries times,
-then reported as failed. A shard whose actor died with it (its process or its node) is lost until the
-driver knows which (settle): once the GCS holds the actor's node dead, the node was lost and the shard goes
-back to the front of the queue as it was, whatever its attempts; once Ray restarted the actor after its
-process died on a node that lived on, the shard used an attempt; an actor that answers again from the same
-process only lost contact, and the shard goes back as it was. Meanwhile the other actors keep taking
-shards, and the lost actor comes back (jobs.fleet) when Ray has restarted it on a node with room. While no
-actor is alive the loop waits for one, up to job.actor_start_timeout; then JobError says how to resume.
-A re-run shard rewrites its own parts (one atomic put each), so every image still ends as one row.
+then reported as failed. A shard whose actor died with it (its process or its node) goes back to the front
+of the queue at once, so a surviving actor takes it; whether that used up an attempt is settled later
+(jobs.losses): a lost node or a lost connection does not, a process that died on a node that lived on
+does. The lost actor comes back (jobs.fleet) when Ray has restarted it on a node with room. While no actor
+is alive the loop waits for one, up to job.actor_start_timeout; then JobError says how to resume. A shard
+run twice rewrites its own parts (one atomic put each), so every image still ends as one row.
 
 Longest work first (dispatch_order): real splits' shards before the generated split's (a real image costs
 the search ~5-10x a generated one), larger shards before smaller ones, ties in plan order; a retried shard
@@ -25,14 +23,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
 from typing import Any, Iterable
 
 from . import raylink
 from .actors import PROGRESS_GROUP, ShardReport
 from .config import AuditConfig
 from .errors import JobError
-from .fleet import AuditActors, Placement
+from .fleet import AuditActors
+from .losses import SETTLE_SECONDS, Lost, LostShards
 from .plan import Shard
 from .progress import ActorUsage, Progress
 from .raylink import reason
@@ -40,7 +38,6 @@ from .raylink import reason
 log = logging.getLogger("memaudit")
 
 __all__ = ["AuditActors", "dispatch_order", "prepare_encoder", "reason", "run_shards"]
-SETTLE_SECONDS = 1.0  # how often the GCS is asked which nodes live while a shard is lost
 
 
 def prepare_encoder(actors: AuditActors, config: AuditConfig) -> None:
@@ -86,32 +83,22 @@ def dispatch_order(shards: Iterable[Shard]) -> list[Shard]:
     return sorted(shards, key=lambda s: (s.generated, -s.size))
 
 
-@dataclass(frozen=True)
-class Lost:
-    """A shard whose run_shard call died with its actor, until the driver knows whether the node was lost."""
-
-    shard: Shard
-    attempt: int
-    placement: Placement | None  # where the actor ran it
-    why: str  # the Ray error, one line
-    since: float
-
-
 class _ShardLoop:
-    """The dispatch loop's state: queued, running and lost shards, progress polls."""
+    """The dispatch loop's state: queued, running and lost shards, attempts, progress polls."""
 
     def __init__(self, actors: AuditActors, shards: list[Shard], config: AuditConfig, lease: Any,
                  start_cap: int | None = None) -> None:
         self.actors, self.config, self.lease, self.start_cap = actors, config, lease, start_cap
-        self.queue: deque[tuple[Shard, int]] = deque((s, 0) for s in dispatch_order(shards))
-        self.running: dict = {}  # ref -> (actor, shard, attempt)
+        self.queue: deque[Shard] = deque(dispatch_order(shards))
+        self.attempts: Counter[str] = Counter()  # shard id -> failed attempts (the shard's own failures)
+        self.running: dict = {}  # ref -> (actor, shard)
         self.began: dict = {}  # ref -> when its shard was dispatched
         self.usage = ActorUsage()
-        self.lost: dict = {}  # actor -> Lost
-        self.next_settle = 0.0
+        self.lost = LostShards(raylink.alive_nodes)
         self.waiting = False  # no actor alive, and the log said so
         self.polls: dict = {}  # progress() ref -> shard id
         self.reports: list[ShardReport] = []
+        self.done: set[str] = set()
         self.failed: dict[str, str] = {}
         planned: Counter[str] = Counter()
         for s in shards:
@@ -124,13 +111,14 @@ class _ShardLoop:
         every = self.config.job.progress_seconds
         poll_every = min(every, 1.0 if self.progress.bar else every / 2)
         next_line, next_poll = time.time() + every, time.time() + poll_every
-        while self.queue or self.running or self.lost:
+        while self.queue or self.running:
             if self.lease is not None:
                 self.lease.check()
             self._dispatch()
-            self._settle()
-            if not (self.running or self.actors.starting or self.lost):
-                for shard, _ in self.queue:
+            for actor, entry, cause in self.lost.due():
+                self._settled(entry, cause)
+            if not (self.running or self.actors.starting):
+                for shard in self.queue:
                     self.failed[shard.id] = "no actor is left to run it"
                 self.queue.clear()
                 break
@@ -139,8 +127,7 @@ class _ShardLoop:
             timeout = min(next_line, next_poll) - time.time()
             if self.lost:
                 timeout = min(timeout, SETTLE_SECONDS)
-            ready = ray.wait(waiting, num_returns=1, timeout=max(0.05, timeout))[0] if waiting else []
-            for ref in ready:
+            for ref in ray.wait(waiting, num_returns=1, timeout=max(0.05, timeout))[0]:
                 self._handle(ref)
             if time.time() >= next_poll:
                 self._poll()
@@ -155,7 +142,7 @@ class _ShardLoop:
         return self.reports, self.failed
 
     def _actors_line(self) -> str:
-        busy = len({id(a) for a, _, _ in self.running.values()})
+        busy = len({id(a) for a, _ in self.running.values()})
         restarting = len(self.actors.restarting)
         starting = len(self.actors.starting) - restarting
         return (f", actors {busy} busy/{len(self.actors.idle)} idle/{starting} starting"
@@ -164,10 +151,10 @@ class _ShardLoop:
     def _dispatch(self) -> None:
         while self.actors.idle and self.queue:
             actor = self.actors.idle.popleft()
-            shard, attempt = self.queue.popleft()
-            # No retry by Ray: if the actor dies, the shard comes back here at once (see the module doc)
+            shard = self.queue.popleft()
+            # No retry by Ray: if the actor dies, its shard comes back to this queue (see the module doc)
             ref = actor.run_shard.options(max_task_retries=0).remote(shard, self.start_cap)
-            self.running[ref], self.began[ref] = (actor, shard, attempt), time.time()
+            self.running[ref], self.began[ref] = (actor, shard), time.time()
             self.progress.begin(shard)
 
     def _check_capacity(self) -> None:
@@ -192,7 +179,7 @@ class _ShardLoop:
     def _poll(self) -> None:
         """Ask every busy actor (without a poll in flight) how far its shard is: images, not shards (issue 11)."""
         asked = set(self.polls.values())
-        for actor, shard, _ in self.running.values():
+        for actor, shard in self.running.values():
             if shard.id not in asked:
                 self.polls[actor.progress.options(concurrency_group=PROGRESS_GROUP).remote()] = shard.id
 
@@ -203,14 +190,14 @@ class _ShardLoop:
             actor = self.actors.starting[ref]
             placement = self.actors.on_ready(ref, actor)
             if actor in self.lost and (placement is not None or actor not in self.actors.handles):
-                self._came_back(actor, placement)
+                self._settled(*self.lost.came_back(actor, placement))
         elif ref in self.polls:
             shard_id = self.polls.pop(ref)
             try:
                 state = ray.get(ref)
             except ray.exceptions.RayError:
                 return  # the actor is busy dying: its shard's fate comes through run_shard
-            if state.get("shard") == shard_id and any(s.id == shard_id for _, s, _ in self.running.values()):
+            if state.get("shard") == shard_id and any(s.id == shard_id for _, s in self.running.values()):
                 self.progress.partial[shard_id] = int(state.get("done", 0))
         else:
             self._finished(ref)
@@ -218,79 +205,69 @@ class _ShardLoop:
     def _finished(self, ref) -> None:
         import ray
 
-        actor, shard, attempt = self.running.pop(ref)
+        actor, shard = self.running.pop(ref)
         self.usage.ran(id(actor), self.began.pop(ref), time.time())
         self.progress.partial.pop(shard.id, None)
         try:
             report = ray.get(ref)
         except ray.exceptions.RayTaskError as exc:  # raised by our code in the actor (a storage outage among them)
             self.actors.idle.append(actor)  # at the back: a retry goes to another actor when there is one
-            self._retry_or_fail(shard, attempt, reason(exc))
+            self._failed_attempt(shard, reason(exc))
             return
         except ray.exceptions.RayError as exc:  # the actor's process or node died, or it lost contact
-            self._lose(actor, shard, attempt, exc)
+            self._lose(actor, shard, exc)
             return
         self.actors.idle.append(actor)
-        self.reports.append(report)
-        self.progress.add(report)
+        if shard.id not in self.done:  # (a shard run twice after a lost connection reports once)
+            self.done.add(shard.id)
+            self.failed.pop(shard.id, None)
+            self.reports.append(report)
+            self.progress.add(report)
 
-    def _retry_or_fail(self, shard: Shard, attempt: int, why: str) -> None:
-        """The shard itself failed: retried at the front of the queue up to job.shard_retries times."""
-        retries = self.config.job.shard_retries
-        if attempt < retries:
-            log.warning("shard %s failed (%s); retry %d of %d", shard.id, why, attempt + 1, retries)
-            self.queue.appendleft((shard, attempt + 1))
-        else:
-            self.failed[shard.id] = why
-            log.error("shard %s failed after %d attempts: %s", shard.id, attempt + 1, why)
+    def _failed_attempt(self, shard: Shard, why: str) -> None:
+        """The shard itself failed once more: retried at the front of the queue up to job.shard_retries times."""
+        self.attempts[shard.id] += 1
+        attempt, retries = self.attempts[shard.id], self.config.job.shard_retries
+        if shard.id in self.done:
+            return
+        if attempt <= retries:
+            log.warning("shard %s failed (%s); retry %d of %d", shard.id, why, attempt, retries)
+            if not self._pending(shard):
+                self.queue.appendleft(shard)
+            return
+        self.failed[shard.id] = why
+        if shard in self.queue:
+            self.queue.remove(shard)
+        log.error("shard %s failed after %d attempts: %s", shard.id, attempt, why)
 
-    # -- lost shards: the node or the shard? ---------------------------------------------------------------
+    def _pending(self, shard: Shard) -> bool:
+        return shard in self.queue or any(s.id == shard.id for _, s in self.running.values())
 
-    def _lose(self, actor, shard: Shard, attempt: int, exc: BaseException) -> None:
-        """run_shard died with its actor: hold the shard until settled, and wait for Ray's restart."""
-        placement = self.actors.placed.get(actor)
-        self.lost[actor] = Lost(shard, attempt, placement, reason(exc), time.time())
+    def _lose(self, actor, shard: Shard, exc: BaseException) -> None:
+        """run_shard died with its actor: the shard goes back to the queue now, uncounted (settled later:
+        jobs.losses), and the actor waits for Ray's restart."""
+        entry = self.lost.add(actor, shard, self.actors.placed.get(actor), reason(exc))
         self.progress.running.pop(shard.id, None)
         self.polls = {r: s for r, s in self.polls.items() if s != shard.id}
         self.actors.rejoin(actor)
-        self.next_settle = 0.0  # ask the GCS now
-        log.info("the actor on node %s stopped while running shard %s (%s)",
-                 placement.label() if placement else "?", shard.id, reason(exc))
+        if shard.id not in self.failed and not self._pending(shard):
+            self.queue.appendleft(shard)
+        log.warning("the actor on node %s stopped while running shard %s (%s): the shard goes back to the queue",
+                    entry.placement.label() if entry.placement else "?", shard.id, entry.why)
 
-    def _settle(self) -> None:
-        """Lost shards whose actor's node the GCS now holds dead go back to the queue as they were."""
-        if not self.lost or time.time() < self.next_settle:
-            return
-        self.next_settle = time.time() + SETTLE_SECONDS
-        alive = raylink.alive_nodes()
-        for actor, lost in list(self.lost.items()):
-            if lost.placement is not None and lost.placement.node_id not in alive:
-                self._settled(actor, "node")
-
-    def _came_back(self, actor, placement: Placement | None) -> None:
-        """The lost shard's actor answered ready() again (restarted, or never gone), or is gone for good."""
-        old = self.lost[actor].placement
-        if old is not None and old.node_id not in raylink.alive_nodes():
-            self._settled(actor, "node")
-        elif placement is not None and old is not None and (placement.pid, placement.node_id) == (old.pid, old.node_id):
-            self._settled(actor, "contact")
-        else:
-            self._settled(actor, "process")
-
-    def _settled(self, actor, cause: str) -> None:
-        """The lost shard's fate: back to the queue as it was (node, contact), or as a failed attempt (process)."""
-        lost = self.lost.pop(actor)
-        where = lost.placement.label() if lost.placement else "?"
+    def _settled(self, entry: Lost, cause: str) -> None:
+        """What the lost shard's actor turned out to be: its node lost, its process dead, or contact lost."""
+        where = entry.placement.label() if entry.placement else "?"
         if cause == "process":
-            self._retry_or_fail(lost.shard, lost.attempt, f"actor died on node {where}, which is still up: {lost.why}")
+            self._failed_attempt(entry.shard, f"actor died on node {where}, which is still up: {entry.why}")
             return
-        self.queue.appendleft((lost.shard, lost.attempt))
-        self.actors.losses.append({"cause": cause, "node": where, "shard": lost.shard.id,
-                                   "settled_s": round(time.time() - lost.since, 1)})
+        self.actors.losses.append({"cause": cause, "node": where, "shard": entry.shard.id,
+                                   "settled_s": round(time.time() - entry.since, 1)})
         if cause == "contact":
-            log.warning("lost contact with the actor on node %s (%s): shard %s goes back to the queue", where,
-                        lost.why, lost.shard.id)
+            log.warning("the actor on node %s answers again: shard %s lost only its connection", where,
+                        entry.shard.id)
             return
         running, count = self.actors.alive(), self.actors.count
-        log.warning("node %s lost: shard %s goes back to the queue; %d of %d actors running%s", where,
-                    lost.shard.id, running, count, ", waiting for capacity" if running < count else "")
+        log.warning("node %s lost: shard %s went back to the queue without using up a retry; %d of %d actors "
+                    "running%s", where, entry.shard.id, running, count,
+                    ", waiting for capacity" if running < count else "")

@@ -3,8 +3,8 @@
 
 Nodes are removed as a preemption would take them (their processes killed, no drain) while one of their
 shards runs: the generator is tests/node_loss_models.SlowTiny, which leaves a file named by its node's id
-when a shard's search starts there. The head's health checks are tightened (a dead node is noticed in ~5 s,
-not ~15-60 s) so the tests stay short; everything else is Ray's default. Each test asserts exact row
+when a shard's search starts there. The head's health checks run every 0.5 s (a dead node is noticed in ~3 s,
+not ~15 s) so the tests stay short; everything else is Ray's default. Each test asserts exact row
 counts, no duplicate ids and the run's status and verdict.
 """
 
@@ -35,7 +35,7 @@ from stats import read_output
 pytestmark = pytest.mark.slow
 TESTS = str(Path(__file__).resolve().parent)
 RAY = str(Path(sys.executable).parent / "ray")
-HEALTH = {"health_check_period_ms": 1000, "health_check_failure_threshold": 5, "health_check_initial_delay_ms": 0}
+HEALTH = {"health_check_period_ms": 500, "health_check_failure_threshold": 5, "health_check_initial_delay_ms": 0}
 IMAGES = 12 + 6 + 6  # train, val, generated
 
 
@@ -152,7 +152,7 @@ def case(s3, bucket, moto_server, tiny_data, tiny_generator, tmp_path):
         s3.put(str(f), f"{bucket}/in/val/{f.name}")
     s3.put(tiny_generator, f"{bucket}/models/tiny.pt")
 
-    def make(name: str, *, actors: int = 2, slow: bool = True, **job) -> tuple[Path, Path, str]:
+    def make(name: str, *, actors: int = 2, slow: bool = True, delay: float = 0.05, **job) -> tuple[Path, Path, str]:
         marks = tmp_path / f"marks-{name}"
         marks.mkdir()
         raw = tiny_config(f"s3://{bucket}/models/tiny.pt", targets={
@@ -160,7 +160,7 @@ def case(s3, bucket, moto_server, tiny_data, tiny_generator, tmp_path):
             "val": [f"s3://{bucket}/in/val/*.png"], "generated": {"count": 6, "seed": 0}, "shard_size": 4,
         }, storage={"endpoint_url": moto_server}, output=f"s3://{bucket}/{name}/")
         if slow:
-            raw["generator"] = {"factory": "node_loss_models:SlowTiny", "kwargs": {"marks": str(marks), "delay": 0.05},
+            raw["generator"] = {"factory": "node_loss_models:SlowTiny", "kwargs": {"marks": str(marks), "delay": delay},
                                 "latent": {"shape": [LATENT], "prior": "normal"}, "output_range": [-1, 1]}
         raw["resources"] = {"actors": actors, "cpus_per_actor": 1}
         # shard_retries 0: a lost node must not use up a retry
@@ -189,20 +189,23 @@ def _driver(config: Path, address: str, *extra: str) -> subprocess.Popen:
 
 def test_a_worker_node_lost_mid_shard_puts_the_shard_back_and_the_run_completes(nodes, case, moto_server):
     nodes.workers(2)
-    config, marks, out = case("lost-mid-shard")
+    config, marks, out = case("lost-mid-shard", delay=0.15)  # the survivor's work outlasts noticing the loss
     driver = _driver(config, nodes.address)
     nodes.kill_when_busy(marks)
     output, _ = driver.communicate(timeout=300)
     assert driver.returncode == 0, output[-5000:]
     assert len(nodes.cluster.worker_nodes) == 1, "no node was removed"
-    lost = re.search(r"node 127\.0\.0\.1 \(\w{8}\) lost: shard (\S+) goes back to the queue; 1 of 2 actors running, "
-                     r"waiting for capacity", output)
+    stopped = re.search(r"the actor on node 127\.0\.0\.1 \((\w{8})\) stopped while running shard (\S+) "
+                        r"\(ActorUnavailableError: the connection to it was lost\): the shard goes back to the queue", output)
+    assert stopped, output[-5000:]
+    lost = re.search(rf"node 127\.0\.0\.1 \({stopped.group(1)}\) lost: shard {stopped.group(2)} went back to the queue "
+                     r"without using up a retry; 1 of 2 actors running, waiting for capacity", output)
     assert lost, output[-5000:]
     assert "failed" not in output.lower()
     for dump in ("[state-dump]", "Raylet is terminated", "has been marked dead"):  # Ray's dumps stay in its logs
         assert dump not in output
     run_info = _check_output(out, moto_server)
-    assert lost.group(1) in run_info["shards_run"]  # the lost shard ran again, on the surviving actor
+    assert stopped.group(2) in run_info["shards_run"]  # the lost shard ran again, on the surviving actor
 
 
 def test_the_only_worker_lost_and_a_new_node_joining_later_finishes_the_run(nodes, case, moto_server, capsys):
@@ -215,8 +218,8 @@ def test_the_only_worker_lost_and_a_new_node_joining_later_finishes_the_run(node
     outcome = run.get()
     logged = capsys.readouterr().out
     assert outcome.exit_code == 0, logged[-5000:]
-    assert re.search(r"node 127\.0\.0\.1 \(\w{8}\) lost: shard \S+ goes back to the queue; 0 of 1 actors running, "
-                     r"waiting for capacity", logged), logged[-5000:]
+    assert re.search(r"node 127\.0\.0\.1 \(\w{8}\) lost: shard \S+ went back to the queue without using up a retry; "
+                     r"0 of 1 actors running, waiting for capacity", logged), logged[-5000:]
     assert "no actor is running: waiting up to" in logged
     assert re.search(r"actor restarted on node 127\.0\.0\.1 \(\w{8}\) .*; 1 of 1 actors running", logged)
     _check_output(out, moto_server)
