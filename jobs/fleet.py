@@ -8,9 +8,9 @@
 An actor whose process or node dies is restarted by Ray (jobs.actors.make_actor_class: max_restarts -1) on
 whichever node has room, when one has: at once if another node has free CPUs, or once an autoscaler adds a
 node for the pending actor. rejoin() asks the restarted actor ready() again, so it comes back to `idle`
-through `starting` like a new one. Whether its shard failed or its node did is settled by jobs.dispatch
-(Lost, settle_lost): the shard goes back to the queue, counted against job.shard_retries only when the node
-lived on. Nothing can run while no actor is alive; `last_alive` says since when, for job.actor_start_timeout.
+through `starting` like a new one. Its shard went back to the queue meanwhile (jobs.dispatch); whether the
+shard or the node failed is settled by jobs.losses. Nothing can run while no actor is alive; `last_alive`
+says since when, for job.actor_start_timeout. `losses` records the settled node and connection losses.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class AuditActors:
         self.last_alive = 0.0  # when an actor was last known alive (idle or running): the capacity timeout
         self.first_ready: float | None = None  # seconds from start() to the first ready actor
         self.usage: Any = None  # progress.ActorUsage: how busy the actors were while shards ran (run_shards)
-        self.losses: list[dict] = []  # shards that went back to the queue with their node (jobs.dispatch)
+        self.losses: list[dict] = []  # settled losses: {cause, node, shard, settled_s} (jobs.dispatch)
 
     def start(self) -> None:
         if self.handles:
