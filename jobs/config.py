@@ -155,7 +155,8 @@ class ResourcesConfig:
 class JobConfig:
     """How the job runs; nothing here changes a results row.
 
-    shard_retries: extra attempts for a shard that fails in our code (a dead actor is Ray's to retry).
+    shard_retries: extra attempts for a shard that fails itself (our code, or its actor's process dying on a node that
+        stays up); a shard lost with its node goes back to the queue without using one (jobs.losses).
     max_reject_fraction: the job exits 1 when more than this fraction of real images are rejects (default
         0.01, i.e. 1%).
     progress_seconds: seconds between progress lines.
@@ -163,7 +164,8 @@ class JobConfig:
         first after storage_retry_seconds, each next one after twice as long); an outage that outlasts them
         fails the shard (or the job) with an error naming the URL.
     storage_retry_seconds: the first retry's delay.
-    actor_start_timeout: seconds to wait for the first actor (an autoscaling cluster may be adding nodes).
+    actor_start_timeout: seconds to wait for an actor while none runs, the first one or after every worker was lost
+        (an autoscaling cluster may be adding nodes).
     lease_timeout: seconds after its last heartbeat (renewed every lease_timeout / 4) that a run's lease on
         the output lapses, so that another run may take the output over (jobs.lease).
     target_cache: in a checkpoint sweep, decode each shard's targets once and share them between the

@@ -1,4 +1,5 @@
-"""A dead actor: Ray restarts it and retries its shard (max_restarts / max_task_retries); the job finishes.
+"""A dead actor: Ray restarts it (max_restarts) and the driver runs its shard again, as one of job.shard_retries
+since the node lived on (jobs.losses); the job finishes.
 
 The fault comes from the test, not from production code: the generator is tests/faulty_models.CrashOnce (a
 `generator.factory`), which kills the actor's process the first time it runs a real batch.
