@@ -128,6 +128,7 @@ def _record_shards(info: dict, pool: AuditActors, reports: list, failed: dict[st
                                 "shards_decoded": sum(not r.targets_from_cache and r.split != GENERATED
                                                       for r in reports)}
     info["failed_shards"] = failed
+    info["node_losses"] = list(getattr(pool, "losses", []))  # issue 24: shards lost with their node, settled
     info["memory_mb"] = {"actors_peak": max((r.peak_rss_mb for r in reports), default=None)}
     usage = pool.usage
     share = None if usage is None else usage.idle_share

@@ -177,6 +177,7 @@ def _check_output(url: str, moto_server: str) -> dict:
     assert results.num_rows == IMAGES and len(set(zip(results.column("split").to_pylist(), ids))) == IMAGES
     assert rejects is None or rejects.num_rows == 0
     assert run_info["status"] == "done" and run_info["verdict"]["label"]
+    assert all({"cause", "node", "shard"} <= set(loss) for loss in run_info["node_losses"])  # settled losses, if any
     return run_info
 
 
