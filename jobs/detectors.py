@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 from . import storage
 from .config import GENERATED
+from .raylink import reason
 from .features import (TASKS, ImageRef, KnnBlock, features_key, features_url, knn_key, knn_url, read_features, read_table,
                        to_bytes, to_matrix)
 
@@ -147,7 +148,9 @@ def _load_features(config, by_split: dict[str, list[str]], train: list[str], *, 
 
 def _dispatch(pool, config, calls: list[tuple[str, tuple]]) -> list[Any]:
     """Run actor tasks as actors free up; a task that raises is retried job.shard_retries times, then the
-    pass fails (the recovery parts are kept; re-running finishes only what is missing)."""
+    pass fails (the recovery parts are kept; re-running finishes only what is missing). A task whose actor
+    was lost with its node goes back to the queue without using a retry, and the actor rejoins once Ray
+    has restarted it."""
     import ray
 
     if not calls:
@@ -185,6 +188,11 @@ def _dispatch(pool, config, calls: list[tuple[str, tuple]]) -> list[Any]:
                     raise RuntimeError(f"detectors: {name} task failed: {cause}") from None
                 log.warning("detectors: %s task failed (%s); retry %d", name, exc.cause, attempt + 1)
                 queue.insert(0, (name, args, attempt + 1))
+            except ray.exceptions.RayError as exc:  # the actor or its node is gone (issue 24): not the task's fault
+                log.warning("detectors: the actor running a %s task was lost (%s); the task goes back to the queue",
+                            name, reason(exc))
+                pool.rejoin(actor)  # Ray restarts it where there is room; it comes back through `starting`
+                queue.insert(0, (name, args, attempt))
     return results
 
 
