@@ -333,16 +333,22 @@ def _put_if_local(path: str, data: bytes, version: object) -> object | None:
 
 
 def _precondition_failed(exc: BaseException) -> bool:
+    """Whether a conditional write lost, read from the store's answer in the exception chain: botocore's
+    ClientError response (error code PreconditionFailed, or HTTP status 412; s3fs keeps it as the cause of
+    the OSError it raises) or the FileExistsError s3fs makes of a failed If-None-Match. Never from the
+    message text: a connection error naming part-...000412.parquet is not an answer (issue 26)."""
     seen: BaseException | None = exc
     while seen is not None:
-        text = f"{type(seen).__name__} {seen}"
-        if "PreconditionFailed" in text or "412" in text or "At least one of the pre-conditions" in text:
+        if isinstance(seen, FileExistsError):
             return True
         response = getattr(seen, "response", None)
-        if isinstance(response, dict) and response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
-            return True
+        if isinstance(response, dict):
+            code = (response.get("Error") or {}).get("Code")
+            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "412") or status == 412:
+                return True
         seen = seen.__cause__ or seen.__context__
-    return isinstance(exc, FileExistsError)
+    return False
 
 
 _WARNED: set[str] = set()

@@ -99,3 +99,45 @@ def test_a_run_whose_lease_was_taken_over_stops_writing(output):
         slow.write(_info())
     assert _run_json(out, endpoint)["lease"]["run_id"] == other.run_id  # the slow run wrote nothing
     other.release({**_info(), "status": "done"})
+
+
+def test_a_lost_conditional_write_is_read_from_the_store_answer(output):
+    """put_if returns None only when the store says the precondition failed (If-None-Match or a stale If-Match)."""
+    out, endpoint = output
+    url = storage.join(out, "probe.json")
+    first = storage.put_if(url, b"1", None, endpoint)
+    assert first is not None
+    assert storage.put_if(url, b"2", None, endpoint) is None  # it exists now
+    second = storage.put_if(url, b"3", first, endpoint)
+    assert second is not None and storage.put_if(url, b"4", first, endpoint) is None  # a stale version loses
+    assert storage.read_bytes(url, endpoint) == b"3"
+
+
+def test_an_error_that_names_412_in_its_text_is_an_outage_not_a_lost_write():
+    """Issue 26: a connection reset on part-train-000412.parquet is retried like one on 000413, and is never
+    read as "another writer won" (the failed precondition comes from the store's error code only)."""
+    before = storage.RETRIES, storage.RETRY_SECONDS
+    storage.configure(3, 0.001)
+    try:
+        _retried_like_any_outage()
+    finally:
+        storage.configure(*before)
+
+
+def _retried_like_any_outage() -> None:
+    for name in ("part-train-000412.parquet", "part-train-000413.parquet"):
+        reset = ConnectionResetError(f"Connection reset by peer writing s3://bucket/out/results/{name}")
+        wrapped = OSError(f"[Errno 5] writing {name}")
+        wrapped.__cause__ = reset
+        for exc in (reset, wrapped):
+            assert storage.transient(exc), name
+            assert not storage._precondition_failed(exc), name
+        calls = []
+
+        def flaky():
+            calls.append(1)
+            if len(calls) == 1:
+                raise reset
+            return "written"
+
+        assert storage.retrying(flaky, f"writing {name}") == "written" and len(calls) == 2
