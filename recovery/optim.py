@@ -9,7 +9,7 @@ depend on which images share its batch, the batch size, or their order (DESIGN Â
 over a summed loss would couple them).
 
 This module holds what every method shares: slot bookkeeping, the best point seen, and the stopping
-rules (exact, converged, stalled, raced, iteration cap, evaluation budget). The methods live in lbfgs.py and
+rules (exact, converged, stalled, iteration cap, evaluation budget). The methods live in lbfgs.py and
 first_order.py and are chosen from METHODS, whose keys are the config's `recovery.optimizer` choices.
 """
 
@@ -31,7 +31,7 @@ NO_LIMIT = 1 << 62
 
 # Why a start ended (TaskResult.stop). CONVERGED_STOPS reached a minimum; the others did not.
 EXACT_STOP, CONVERGED, MINIMUM = "exact", "converged", "no descent"
-STALLED, ITERATIONS, BUDGET, NONFINITE, RACED = "stalled", "iterations", "budget", "nonfinite", "raced"
+STALLED, ITERATIONS, BUDGET, NONFINITE = "stalled", "iterations", "budget", "nonfinite"
 CONVERGED_STOPS = (EXACT_STOP, CONVERGED, MINIMUM)
 
 
@@ -44,7 +44,6 @@ class Task:
     start: torch.Tensor  # [D] the free variable's first point (CPU)
     max_evaluations: int | None  # generator evaluations this start may spend (None: no cap)
     max_iterations: int | None  # iterations this start may run (None: until it converges or stalls)
-    race_level: float | None = None  # a restart still above this loss after StopRules.race_iterations ends ("raced")
 
 
 @dataclass
@@ -79,7 +78,6 @@ class StopRules:
     stall_ratio: float  # above exact_level, a start stalls when its loss fell by less than this factor in `patience`
     tolerance: float  # relative decrease per iteration below which a start has converged
     stop_mse: float  # a start whose MSE is below this is recovered and ends
-    race_iterations: int = 0  # when a restart is held against its race_level (0: never)
 
 
 class SlotOptimizer:
@@ -90,7 +88,6 @@ class SlotOptimizer:
         self.evaluate, self.dim, self.slots, self.device = evaluate, dim, slots, device
         self.rules, self.history_size = rules, history
         self.patience = rules.patience * self.patience_factor
-        self.race_iterations = rules.race_iterations * self.patience_factor
         self.lr = self.default_lr if lr is None else lr
         self.auto_lr = lr is None
         S, D = slots, dim
@@ -107,7 +104,6 @@ class SlotOptimizer:
         self.iterations = self._counter(S)
         self.evaluations = self._counter(S)
         self.max_evaluations, self.max_iterations = self._counter(S), self._counter(S)
-        self.race_level = torch.full((S,), float("inf"), device=device)  # [S] see Task.race_level
         self.evaluations_to_exact = self._counter(S)  # -1 until the MSE falls below exact_level
         # best loss at the end of each of the last `patience` iterations, a ring indexed by iteration % patience
         self.recent = self._zeros(S, self.patience)
@@ -152,7 +148,6 @@ class SlotOptimizer:
             self.trace[slot] = float("nan")
         self.max_iterations[slot] = cap
         self.max_evaluations[slot] = task.max_evaluations if task.max_evaluations is not None else NO_LIMIT
-        self.race_level[slot] = task.race_level if task.race_level is not None else float("inf")
         self.seconds[slot], self.failure[slot], self.stop[slot] = 0.0, None, None
         self.reset_method(slot)
 
@@ -236,13 +231,10 @@ class SlotOptimizer:
         rules = self.rules
         slot_in_ring = n % self.patience
         before = self.recent[it, slot_in_ring]  # best loss `patience` iterations ago (overwritten below)
-        above = self.best_mse[it] > rules.exact_level
-        stalled = (n >= self.patience) & above & (best > rules.stall_ratio * before)
-        raced = (n == self.race_iterations) & above & (best > self.race_level[it])
+        stalled = (n >= self.patience) & (self.best_mse[it] > rules.exact_level) & (best > rules.stall_ratio * before)
         self.recent[it, slot_in_ring] = best
         stops: dict[int, str] = {}
-        for mask, reason in ((n >= self.max_iterations[it], ITERATIONS), (raced, RACED), (stalled, STALLED),
-                             (self._exact(it), EXACT_STOP)):
+        for mask, reason in ((n >= self.max_iterations[it], ITERATIONS), (stalled, STALLED), (self._exact(it), EXACT_STOP)):
             for s in it[mask].tolist():
                 stops[s] = reason  # later entries win: exact over stalled over the iteration cap
         return stops

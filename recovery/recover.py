@@ -175,9 +175,8 @@ def _recover(generator: LoadedGenerator, targets: torch.Tensor, ids: list[str], 
     screen = Screener(objective, to_latent, ids, settings, plan, guesses, class_search=class_search)
     scheduler = RestartScheduler(n, plan, exact_level=settings.exact_level, adaptive_threshold=settings.adaptive_threshold,
                                  screen=screen)
-    rules = StopRules(exact_level=settings.exact_level, patience=settings.patience, stall_ratio=settings.stall_ratio,
-                      tolerance=settings.tolerance, stop_mse=plan.stop_mse,
-                      race_iterations=plan.race_iterations)
+    rules = StopRules(exact_level=settings.exact_level, patience=settings.patience,
+                      stall_ratio=settings.stall_ratio, tolerance=settings.tolerance, stop_mse=plan.stop_mse)
     opt = make_optimizer(
         settings.optimizer,
         _evaluator(objective, to_latent, dim, settings.latent_penalty),

@@ -11,10 +11,6 @@ local minimum well above an exact recovery. Two things fix that cheaply:
   generator evaluations is spent or it has had start_cap starts (issue 23: the number of starts
   that finds an in-range image with the recall asked for, measured on the generated split).
   Images that recover at once cost one start.
-- races (opt-in): a restart whose loss after race_iterations iterations is still above race_ratio
-  times the image's best so far ends ("raced"): it is heading for a local minimum no better than one
-  found already. A start that finds an in-range image is usually, not always, well below that level
-  by then, and the cap, measured with the same rule on the generated split, counts those that are not.
 
 Every decision uses only the image's own results, so an image's row does not depend on its batch.
 """
@@ -71,8 +67,7 @@ class RestartScheduler:
             state.evaluations += cost
             state.started_at = state.evaluations
             left = None if self.plan.budget is None else max(1, self.plan.budget - state.evaluations)
-            race = None if state.best is None or not self.plan.race_iterations else self.plan.race_ratio * state.best.loss
-            tasks.append(Task(image, restart, start, left, self.plan.iterations, race))
+            tasks.append(Task(image, restart, start, left, self.plan.iterations))
         return tasks
 
     def on_done(self, result: TaskResult) -> None:

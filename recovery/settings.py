@@ -188,8 +188,6 @@ class SearchPlan:
     geometry: str
     stop_mse: float
     start_cap: int | None = None
-    race_iterations: int = 0  # adaptive only: see RecoverySettings.race_iterations (0: off)
-    race_ratio: float = 1.2
 
 
 # The adaptive defaults (issue 9). Measured on trained generators (benchmarks/convergence.py):
@@ -242,14 +240,6 @@ class RecoverySettings:
     start_cap_recall: with start_cap "auto", the share of in-range images the cap must let through (0.999: on the
       bundled trained subjects 0.99 saved one more start per real image but left one near-copy of 16 on the
       conditional subject unfound, which 0.999 found; benchmarks/audit_cost.py).
-    race_iterations, race_ratio: with adaptive restarts, a restart (never an image's first start) whose loss after
-      race_iterations L-BFGS iterations is still above race_ratio times the image's best loss so far ends as
-      "raced": it is heading for a local minimum no better than one already found, and the rest of it would
-      cost most of a start. Off by default (0): on the trained upsample+conv generator (30, 1.2) cut real images'
-      restarts from ~70 to ~44 evaluations, but it also cut a few starts that would have recovered a generated
-      image, so the measured start cap rose from 13 to 17 and the generated split's recovery fell from 95.3% to
-      93.8% (benchmarks/audit_cost.py): a saving paid in power. It looks only at the image's own starts; under
-      start_cap auto the cap is measured with it. The paper protocol and fixed restarts never race.
     exact_level: the MSE (per pixel, on the generator's output scale, whatever the loss) below which
       an image counts as recovered: it ends adaptive restarts and `evaluations_to_exact` records when
       it was reached. 1e-3 is an RMS pixel error of 0.03 on [-1, 1] (PSNR 36 dB). For a generator with
@@ -292,8 +282,6 @@ class RecoverySettings:
     encoder_min_images: int = 5000
     start_cap: int | str | None = "auto"
     start_cap_recall: float = 0.999
-    race_iterations: int = 0
-    race_ratio: float = 1.2
     exact_level: float = 1e-3
     stop_mse: float | None = None
     geometry: str | None = None
@@ -333,10 +321,6 @@ class RecoverySettings:
             raise RecoveryError(f"recovery.start_cap: must be 'auto', an int >= 1 or null, got {self.start_cap!r}")
         if not 0 < self.start_cap_recall < 1:
             raise RecoveryError(f"recovery.start_cap_recall: must be in (0, 1), got {self.start_cap_recall}")
-        if isinstance(self.race_iterations, bool) or int(self.race_iterations) < 0:
-            raise RecoveryError(f"recovery.race_iterations: must be >= 0 (0: off), got {self.race_iterations}")
-        if not self.race_ratio >= 1:
-            raise RecoveryError(f"recovery.race_ratio: must be >= 1, got {self.race_ratio}")
         if not 0 < self.stall_ratio < 1:
             raise RecoveryError(f"recovery.stall_ratio: must be in (0, 1), got {self.stall_ratio}")
         if not self.latent_penalty >= 0:
@@ -361,6 +345,4 @@ class RecoverySettings:
             geometry=self.geometry if self.geometry is not None else base.geometry,
             stop_mse=self.stop_mse if self.stop_mse is not None else base.stop_mse,
             start_cap=self.start_cap if restarts is None and isinstance(self.start_cap, int) else None,
-            race_iterations=self.race_iterations if restarts is None else 0,
-            race_ratio=self.race_ratio,
         )

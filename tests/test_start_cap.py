@@ -43,26 +43,6 @@ def test_a_recovered_image_is_untouched_by_the_cap(glo):
     assert capped.drop_columns(["seconds"]).equals(free.drop_columns(["seconds"]))
 
 
-def test_a_restart_that_trails_the_image_best_is_raced_off_and_costs_less(glo):
-    """race_iterations: a restart above race_ratio x the image's best after that many iterations ends early."""
-    ids = [f"noise-{i}" for i in range(4)]
-    noise = torch.rand((4, 1, 32, 32), generator=torch.Generator().manual_seed(1)) * 2 - 1
-    plain = recover(glo, noise, ids, settings=RecoverySettings(start_cap=4, race_iterations=0))
-    raced = recover(glo, noise, ids, settings=RecoverySettings(start_cap=4, race_iterations=5, race_ratio=1.0))
-    assert raced.column("restarts").to_pylist() == plain.column("restarts").to_pylist() == [4] * 4
-    assert sum(raced.column("evaluations").to_pylist()) < sum(plain.column("evaluations").to_pylist())
-    # The first start is never raced, and a start is raced only against the image's own earlier best.
-    first = recover(glo, noise, ids, settings=RecoverySettings(start_cap=1, race_iterations=1, race_ratio=1.0))
-    assert "raced" not in first.column("stop").to_pylist()
-    assert all(r <= f + 1e-12 for r, f in zip(raced.column("mse").to_pylist(), first.column("mse").to_pylist()))
-    _, x = sample_generated(glo, [f"gen-{i}" for i in range(6)], seed=0)  # in-range images are still recovered
-    found = recover(glo, x, [f"gen-{i}" for i in range(6)], settings=RecoverySettings(start_cap=None))
-    assert max(found.column("mse").to_pylist()) < 1e-3
-    with pytest.raises(RecoveryError, match="recovery.race_ratio"):
-        RecoverySettings(race_ratio=0.5)
-    assert RecoverySettings(restarts=3).plan().race_iterations == 0  # fixed protocols never race
-
-
 @pytest.mark.parametrize("value", ["sometimes", 0, -3, True])
 def test_a_bad_start_cap_names_the_field(value):
     with pytest.raises(RecoveryError, match="recovery.start_cap"):
