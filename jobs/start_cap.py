@@ -10,15 +10,13 @@ deterministic). With no generated split, or none of its images recovered, there 
 
 from __future__ import annotations
 
-import io
 import logging
 from typing import Any
 
-import pyarrow.parquet as pq
-
-from . import outputs, storage
+from . import outputs
 from .config import AuditConfig
 from .dispatch import AuditActors, run_shards
+from .features import read_table
 from .plan import Plan, Shard
 
 log = logging.getLogger("memaudit")
@@ -74,8 +72,7 @@ def measure(config: AuditConfig, plan: Plan) -> dict:
     import stats
 
     out, endpoint = config.output, config.storage.endpoint_url
-    parts = [pq.read_table(io.BytesIO(storage.read_bytes(outputs.results_url(out, s.split, s.id), endpoint)),
-                           columns=["mse", "restarts"])
+    parts = [read_table(outputs.results_url(out, s.split, s.id), endpoint).select(["mse", "restarts"])
              for s in plan.shards if s.generated]
     table = pa.concat_tables(parts) if parts else pa.table({"mse": pa.array([], pa.float64()),
                                                            "restarts": pa.array([], pa.int32())})

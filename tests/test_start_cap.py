@@ -69,7 +69,7 @@ def test_the_cap_finds_an_in_range_image_with_the_recall_asked_for():
     starts = rng.geometric(0.5, 64)  # each start finds the image with probability 1/2
     hard = measure_start_cap(_generated(starts.tolist(), [True] * 64), exact_level=1e-3, recall=0.99)
     assert hard.cap >= max(starts)  # every generated image the free search recovered stays recovered
-    assert (1 - hard.p_low) ** hard.cap <= 0.01 and 0.35 < hard.p_low < 0.5 < hard.p_hat + 0.1
+    assert (1 - hard.p_low) ** hard.cap <= 0.01 and 0.35 < hard.p_low < hard.p_hat
     assert measure_start_cap(_generated(starts.tolist(), [True] * 64), exact_level=1e-3, recall=0.999).cap > hard.cap
     # Unrecovered images count all their starts as failures: the rate goes down, the cap up.
     censored = measure_start_cap(_generated(starts.tolist() + [20] * 8, [True] * 64 + [False] * 8), exact_level=1e-3)
@@ -103,8 +103,7 @@ def test_the_job_measures_the_cap_on_the_generated_split_and_a_resume_keeps_it(r
     real = results.filter(pc.invert(pc.equal(results.column("split"), "generated")))
     assert max(real.column("restarts").to_pylist()) <= cap["cap"]  # no real image ran past the cap
     unrecovered = real.filter(pc.greater(real.column("mse"), 1e-3))
-    assert unrecovered.num_rows and set(unrecovered.column("restarts").to_pylist()) <= {cap["cap"]} | set(
-        unrecovered.filter(pc.equal(unrecovered.column("stop"), "budget")).column("restarts").to_pylist())
+    assert cap["cap"] in unrecovered.column("restarts").to_pylist()  # unrecovered images ran up to the cap
     # A resume that ran only the first shard (a generated one) measures the same cap from the stored parts.
     config = load_config(path, out=str(tmp_path / "resumed"))
     assert run_audit(config, max_shards=1).run_info["status"] == "partial"
