@@ -207,18 +207,29 @@ def _size_blockers(splits: dict[str, dict], settings: StatsSettings, numbers: di
 
 def _generated_gate(generated: dict | None, settings: StatsSettings, numbers: dict[str, Any],
                     blockers: list[str], caveats: list[str]) -> None:
+    """Block the verdict when the search fails on G's own images.
+
+    A rejected generated image (G returned NaN or raised for its latent) counts as not
+    recovered: the rate is recovered / (results + rejects), so a generator that breaks on
+    part of its latent space cannot pass the gate on the images it happened to produce.
+    """
     if generated is None:
         caveats.append("there is no generated split, so the search was not checked on the generator's own images")
         return
-    rate = generated["success_rate"]
-    numbers["generated_success_rate"] = _num(rate)
+    rate, count, rejected = generated["success_rate"], int(generated["count"]), int(generated["rejected"] or 0)
     if rate is None:
+        numbers["generated_success_rate"] = 0.0 if rejected else None
         blockers.append("the generated split has no recovered images, so the search cannot be checked")
-    elif rate < settings.min_generated_success:
+        return
+    recovered = round(rate * count)
+    rate = recovered / (count + rejected)
+    numbers["generated_success_rate"] = _num(rate)
+    if rate < settings.min_generated_success:
         blockers.append(
-            f"only {rate:.0%} of generated images were recovered below tau_generated = {settings.tau_generated:g} "
-            f"({generated.get('tau_column') or 'mse'}; at least {settings.min_generated_success:.0%} needed), "
-            "so the search cannot be trusted to find training images either"
+            f"only {rate:.0%} of generated images ({recovered} of {count + rejected}"
+            f"{f'; {rejected} rejected' if rejected else ''}) were recovered below tau_generated = "
+            f"{settings.tau_generated:g} ({generated.get('tau_column') or 'mse'}; at least "
+            f"{settings.min_generated_success:.0%} needed), so the search cannot be trusted to find training images either"
         )
 
 
