@@ -23,6 +23,7 @@ import sys
 
 from .config import DEFAULT_OUTPUT, ConfigError, load_config
 from .redact import install_log_redaction, redact_text
+from stats.exit_codes import BAD_INPUT, ERROR, INTERRUPTED, OK
 
 log = logging.getLogger("memaudit")
 
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
 
             print(f"start cap: {describe_cap(config, plan)}")
             print(f"output: {config.output}")
-            return 0
+            return OK
         _check_output(config.output, config.storage.endpoint_url)  # a cheap write probe, before Ray starts
         from .lease import check_free
 
@@ -99,17 +100,17 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
         return record_or_fail(config, outcome, exit_code(outcome, args.fail_on))
     except (ConfigError, RecoveryError, StatsError) as exc:
         print(f"error: {redact_text(str(exc))}", file=sys.stderr, flush=True)
-        return 2
+        return BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted: finished shards are kept; run the same command again to resume", file=sys.stderr, flush=True)
-        return 130
+        return INTERRUPTED
     except Exception as exc:
         from .errors import JobError
         from .storage import StorageError
 
         if isinstance(exc, (JobError, StorageError)):
             print(f"error: {redact_text(str(exc))}", file=sys.stderr, flush=True)
-            return 1
+            return ERROR
         raise
     finally:
         if started_ray:

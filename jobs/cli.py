@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import sys
+from stats.exit_codes import BAD_INPUT, OK
 
 USAGE = """usage: memaudit {audit,report,history,compare} ...
 
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
-        return 0 if argv else 2
+        return OK if argv else BAD_INPUT
     command, rest = argv[0], argv[1:]
     if command == "audit":
         from .audit import main as audit_main
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return (history_main if command == "history" else compare_main)(rest)
     print(f"error: unknown command {command!r} (valid: audit, report, history, compare)\n\n{USAGE}", file=sys.stderr)
-    return 2
+    return BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import storage
+from .errors import JobError
 from .config import GENERATED
 from .raylink import reason
 from .features import (TASKS, ImageRef, KnnBlock, features_key, features_url, knn_key, knn_url, read_features, read_table,
@@ -167,9 +168,9 @@ def _dispatch(pool, config, calls: list[tuple[str, tuple]]) -> list[Any]:
             running[actor.detector_task.remote(name, *args)] = (actor, name, args, attempt)
         waiting = list(running) + list(pool.starting)
         if not waiting:
-            raise RuntimeError("detectors: no actor is left to compute features")
+            raise JobError("detectors: no actor is left to compute features; re-run the same command to resume")
         if not running and time.time() > deadline:
-            raise RuntimeError(f"detectors: no actor became ready within {config.job.actor_start_timeout:g}s")
+            raise JobError(f"detectors: no actor became ready within {config.job.actor_start_timeout:g}s (see `ray status`)")
         ready, _ = ray.wait(waiting, num_returns=1, timeout=1.0)
         for ref in ready:
             if ref in pool.starting:
@@ -185,7 +186,7 @@ def _dispatch(pool, config, calls: list[tuple[str, tuple]]) -> list[Any]:
                     cause = exc.cause if isinstance(exc.cause, Exception) else exc
                     if isinstance(cause, ValueError):  # RecoveryError and friends: the user's to fix
                         raise cause from None
-                    raise RuntimeError(f"detectors: {name} task failed: {cause}") from None
+                    raise JobError(f"detectors: {name} task failed: {cause}") from None
                 log.warning("detectors: %s task failed (%s); retry %d", name, exc.cause, attempt + 1)
                 queue.insert(0, (name, args, attempt + 1))
             except ray.exceptions.RayError as exc:  # the actor or its node is gone (issue 24): not the task's fault

@@ -49,7 +49,8 @@ def prepare_encoder(actors: AuditActors, config: AuditConfig) -> None:
 
     actor = actors.any_ready(config.job.actor_start_timeout)
     if actor is None:
-        raise RuntimeError("no actor started, so the learned start's encoder could not be trained")
+        raise JobError(f"no actor started within {config.job.actor_start_timeout:g}s, so the learned start's encoder "
+                       "could not be trained (see `ray status`); re-run the same command to resume")
     t = time.time()
     url = ray.get(actor.prepare_encoder.remote())
     log.info("learned start: encoder ready at %s (%.1fs)", url, time.time() - t)

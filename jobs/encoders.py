@@ -15,6 +15,7 @@ import json
 
 from . import storage
 from .config import AuditConfig
+from .errors import JobError
 
 
 def resolve_start(config: AuditConfig, images: int) -> tuple[AuditConfig, str]:
@@ -77,7 +78,7 @@ def load(generator, config: AuditConfig):
     endpoint = config.storage.endpoint_url
     url = encoder_url(config.output, encoder_key(generator, config))
     if not storage.exists(url, endpoint):
-        raise RuntimeError(f"the learned start's encoder is missing at {url}; the driver prepares it before any shard")
+        raise JobError(f"the learned start's encoder is missing at {url}; the driver prepares it before any shard")
     state = torch.load(io.BytesIO(storage.read_bytes(url, endpoint)), map_location="cpu", weights_only=True)
     shape = recovery.target_shape(generator, config.recovery)
     encoder = recovery.Encoder(shape, math.prod(generator.latent.shape))

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import storage
+from .errors import JobError
 from .fingerprint import hash_listings, targets_section
 from .redact import redact_text
 from .sources import Item, SourceImage, describe_image, read_items
@@ -105,7 +106,7 @@ def decode(shard: "Shard", config: "AuditConfig", *, shape: Sequence[int]) -> Sh
     src = config.targets.splits[shard.split][shard.source_index]
     items = read_items(src, shard.segments, config.base_dir, endpoint)
     if len(items) != shard.size:
-        raise RuntimeError(f"shard {shard.id}: read {len(items)} images, planned {shard.size} (did the source change?)")
+        raise JobError(f"shard {shard.id}: read {len(items)} images, planned {shard.size} (did the source change?)")
     kept, tensors, described, rejects = [], [], [], []
     for item in items:
         if item.error is not None:

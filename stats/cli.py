@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from stats.errors import StatsError
-from stats.exit_codes import FAIL_ON, verdict_exit_code
+from stats.exit_codes import BAD_INPUT, FAIL_ON, verdict_exit_code
 from stats.report import report_from_output
 from stats.text import format_summary
 
@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reduction = report_from_output(args.out, storage_options=storage_options)
     except StatsError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return BAD_INPUT
     print(format_summary(reduction))
     print(f"\nreport: {args.out.rstrip('/')}/report.html")
     return verdict_exit_code(reduction.verdict.label, args.fail_on)

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from stats import io as stats_io
 from stats.errors import StatsError
+from stats.exit_codes import BAD_INPUT, OK
 
 ENDPOINT_PROTOCOLS = ("s3://", "s3a://")
 
@@ -101,8 +102,8 @@ def _main(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
         run(args, options)
     except StatsError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return BAD_INPUT
+    return OK
 
 
 if __name__ == "__main__":
@@ -110,5 +111,5 @@ if __name__ == "__main__":
     mains = {"history": history_main, "compare": compare_main}
     if command not in mains:
         print("usage: python -m stats.history_cli {history,compare} ...", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(BAD_INPUT)
     sys.exit(mains[command](sys.argv[2:]))

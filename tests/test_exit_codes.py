@@ -54,3 +54,22 @@ def test_memaudit_report_bad_input_is_2(tmp_path, capsys):
     assert report_main([str(tmp_path / "nothing"), "--fail-on", "memorization"]) == 2
     assert capsys.readouterr().err.startswith("error: ")
     assert report_main([str(tmp_path), "--fail-on", "sometimes"]) == 2  # argparse's choices
+
+
+def test_no_actor_for_the_learned_start_is_one_line_and_exit_1(ray_local, tmp_path, tiny_data, tiny_generator, capsys,
+                                                                moto_server, bucket):
+    """An actor no node can host (more CPUs than the cluster has) while the learned start waits for one: the
+    run ends with one `error:` line saying what to do and exit 1, not a traceback."""
+    from conftest import tiny_config, write_yaml
+
+    from jobs.audit import main as audit_main
+
+    raw = tiny_config(tiny_generator, targets={"val": [str(tiny_data / "val" / "*.png")], "shard_size": 4},
+                      resources={"actors": 1, "cpus_per_actor": 64}, storage={"endpoint_url": moto_server})
+    raw["recovery"]["start"] = "encoder"
+    raw["job"]["actor_start_timeout"] = 2
+    config = write_yaml(tmp_path / "audit.yaml", raw)
+    assert audit_main(["--config", str(config), "--out", f"s3://{bucket}/out/"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: no actor started within 2s, so the learned start's encoder could not be trained")
+    assert "Traceback" not in "\n".join(err)
