@@ -227,22 +227,6 @@ def _order_index(u: np.ndarray, n: int) -> np.ndarray:
     return np.clip(np.ceil(u * n).astype(np.int64) - 1, 0, n - 1)
 
 
-def gap_interval(
-    xa: np.ndarray,
-    xb: np.ndarray,
-    resamples: int,
-    confidence: float,
-    rng: np.random.Generator,
-) -> tuple[float | None, float | None, int]:
-    """Percentile bootstrap interval of the MRE-gap, resampling a and b independently.
-
-    Returns (low, high, dropped): resamples whose MRE(b) is 0 have no gap and are dropped.
-    """
-    gaps, dropped = bootstrap_gaps(xa, xb, resamples, rng)
-    low, high = interval(gaps, confidence)
-    return low, high, dropped
-
-
 def bootstrap_gaps(xa: np.ndarray, xb: np.ndarray, resamples: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
     """Bootstrap MRE-gaps (a and b resampled independently), and how many resamples had MRE(b) = 0."""
     ma = bootstrap_medians(xa, resamples, rng)

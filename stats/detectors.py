@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 from scipy import stats as sps
 
-from stats.nearest import first_and_second, nearest, pairwise
+from stats.nearest import first_and_second, pairwise
 from stats.settings import StatsSettings
 
 COMPANIONS = ("neighbours", "mifid", "ct", "birthday")  # recovery is the audit itself (stats.verdict)
@@ -200,12 +200,3 @@ def _support(s: int, rate: float, batches: int) -> float:
         return math.inf
     rate = min(rate, 1.0 - 0.5 / batches)  # every batch collided: the estimate is an upper bound
     return s * (s - 1) / (2.0 * -math.log1p(-rate))
-
-
-def mifid_distances(train: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """min over train of 1 - |cos| for each query row, in numpy (the job computes it on the actors instead):
-    the nearest of the signed copies +t and -t in cosine distance."""
-    if len(queries) == 0:
-        return np.empty(0)
-    both = np.concatenate([np.asarray(train), -np.asarray(train)])
-    return np.clip(nearest(queries, both, "cosine"), 0.0, 1.0)

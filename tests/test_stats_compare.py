@@ -12,7 +12,7 @@ from scipy import stats as sps
 
 from stats import StatsSettings, reduce
 from tests._tables import table_of
-from stats.compare import bootstrap_medians, compare_pair, gap_interval, mann_whitney_sorted, pairs
+from stats.compare import bootstrap_gaps, bootstrap_medians, compare_pair, interval, mann_whitney_sorted, pairs
 
 
 
@@ -101,10 +101,11 @@ def test_bootstrap_medians_follow_the_exact_bootstrap_distribution(x):
         assert sampled[value] / draws == pytest.approx(p, abs=4 * np.sqrt(p * (1 - p) / draws) + 1e-4)
 
 
-def test_gap_interval_agrees_with_a_resampling_bootstrap():
+def test_the_gap_interval_agrees_with_a_resampling_bootstrap():
     rng = np.random.default_rng(4)
     a, b = np.sort(rng.lognormal(-4, 0.6, 41)), np.sort(rng.lognormal(-3.7, 0.6, 40))
-    low, high, dropped = gap_interval(a, b, 20_000, 0.95, np.random.default_rng(5))
+    gaps, dropped = bootstrap_gaps(a, b, 20_000, np.random.default_rng(5))
+    low, high = interval(gaps, 0.95)
     r = np.random.default_rng(6)
     ma = np.median(a[r.integers(0, len(a), (20_000, len(a)))], axis=1)
     mb = np.median(b[r.integers(0, len(b), (20_000, len(b)))], axis=1)
