@@ -23,7 +23,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import encoders, models, outputs, storage
+from stats import storage
+
+from . import encoders, models, outputs
 from .config import AuditConfig
 from .plan import Shard, generated_ids
 from .redact import redact_text

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
         if args.max_shards is not None and args.max_shards < 0:
             raise ConfigError(f"--max-shards: must be >= 0, got {args.max_shards}")
         config = load_config(args.config, overrides=overrides, out=args.out)
-        from . import storage
+        from stats import storage
         from .plan import make_plan
 
         storage.configure(config.job.storage_retries, config.job.storage_retry_seconds)
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
         return INTERRUPTED
     except Exception as exc:
         from .errors import JobError
-        from .storage import StorageError
+        from stats.storage import StorageError
 
         if isinstance(exc, (JobError, StorageError)):
             print(f"error: {redact_text(str(exc))}", file=sys.stderr, flush=True)
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
 
 def _check_output(out: str, endpoint_url: str | None) -> None:
     """Raise ConfigError (one line, naming the URL) when nothing can be written under the output."""
-    from . import storage
+    from stats import storage
 
     try:
         storage.check_writable(out, endpoint_url)

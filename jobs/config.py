@@ -26,7 +26,7 @@ from typing import Any, Mapping
 from recovery.discriminator import DiscriminatorSpec
 from recovery.settings import GeneratorSpec, RecoverySettings
 
-from . import storage
+from stats import storage
 from .detector_config import FeaturesConfig, check_detectors
 from .errors import ConfigError
 from .fingerprint import settings_hash

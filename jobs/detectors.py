@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import storage
+from stats import storage
 from .errors import JobError
 from .config import GENERATED
 from .raylink import reason

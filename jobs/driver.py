@@ -15,7 +15,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import encoders, models, outputs, preflight, samples, start_cap, storage
+from stats import storage
+
+from . import encoders, models, outputs, preflight, samples, start_cap
 from .config import GENERATED, AuditConfig
 from .detectors import run_detectors
 from .dispatch import AuditActors

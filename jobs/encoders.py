@@ -13,7 +13,7 @@ import hashlib
 import io
 import json
 
-from . import storage
+from stats import storage
 from .config import AuditConfig
 from .errors import JobError
 

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import storage
+from stats import storage
 from .config import GENERATED
 from .plan import Shard, generated_ids
 from .sources import read_items

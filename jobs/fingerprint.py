@@ -19,7 +19,7 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Mapping, Sequence
 
-from . import storage
+from stats import storage
 from .typed import plain
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ import threading
 import uuid
 from typing import Any, Callable
 
-from . import storage
+from stats import storage
 from .errors import ConfigError, JobError
 from .outputs import run_info_bytes
 

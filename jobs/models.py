@@ -23,7 +23,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import outputs, storage
+from stats import storage
+
+from . import outputs
 from .errors import ConfigError
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import storage
+from stats import storage
 from .errors import ConfigError, JobError
 from .redact import redact_value
 

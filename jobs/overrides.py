@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .storage import resolve_local
+from stats.storage import resolve_local
 
 PATH_KEYS = (("generator", "torchscript"), ("generator", "checkpoint"), ("recovery", "feature_net"), ("output",),
              ("generator", "pickle"), ("generator", "torchscript", "mapping"), ("generator", "torchscript", "synthesis"),

@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 import time
 
-from . import models, storage
+from stats import storage
+
+from . import models
 from .config import AuditConfig
 from .errors import ConfigError
 

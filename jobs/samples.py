@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import storage
+from stats import storage
 from .config import GENERATED, AuditConfig
 from .errors import JobError
 from .plan import Plan

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import storage
+from stats import storage
 
 if TYPE_CHECKING:
     from .config import SourceConfig

@@ -26,7 +26,7 @@ import posixpath
 from typing import Any
 
 
-from . import storage
+from stats import storage
 from .config import AuditConfig, ConfigError
 from .fingerprint import fingerprint
 from .plan import Plan, make_plan, sized

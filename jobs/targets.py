@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import pyarrow as pa
 
-from . import storage
+from stats import storage
 from .errors import JobError
 from .fingerprint import hash_listings, targets_section
 from .redact import redact_text

@@ -17,7 +17,7 @@ from typing import Any
 
 from stats.exit_codes import ERROR, verdict_exit_code
 
-from . import storage
+from stats import storage
 
 log = logging.getLogger("memaudit")
 GENERATOR_FILES = ("torchscript", "pickle", "checkpoint")  # the fields of a generator spec that name a file

@@ -69,6 +69,38 @@ class ClassesSpec:
         return self.names.index(key)
 
 
+DIFFUSION_STATISTICS = ("denoise", "inversion", "proximal")
+
+
+@dataclass(frozen=True)
+class DiffusionSettings:
+    """How a diffusion model (generator.diffusers) is audited (recovery/diffusion_stats.py); every statistic is a
+    results column, `statistic` names the one that becomes `error` (the verdict's, the ranking's, the report's).
+
+    denoise: the loss-based membership statistic (Matsumoto et al. 2023), the mean over `timesteps` and `noises`
+      seeded noises of ||eps - eps_theta(x_t, t)||^2 per pixel. inversion: the per-pixel MSE between the image
+      and its DDIM reconstruction (deterministic inversion over `steps` steps to the last timestep, then sampling
+      back): the analogue of latent recovery. proximal: PIA's statistic (Kong et al. 2024), the denoising error at
+      `timesteps` with the model's own eps_theta(x_0, 0) as the noise instead of a random one.
+    steps: DDIM steps of the sampler (the generated split, the samples) and of the inversion.
+    """
+
+    statistic: str = "denoise"
+    timesteps: tuple[int, ...] = (50, 100, 150, 200, 250, 300)
+    noises: int = 2
+    steps: int = 50
+
+    def __post_init__(self) -> None:
+        _choice("generator.diffusion.statistic", self.statistic, DIFFUSION_STATISTICS)
+        object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
+        if not self.timesteps or any(t < 0 for t in self.timesteps):
+            raise RecoveryError(f"generator.diffusion.timesteps: a non-empty list of timesteps >= 0, got {list(self.timesteps)}")
+        if self.noises < 1:
+            raise RecoveryError(f"generator.diffusion.noises: at least 1, got {self.noises}")
+        if self.steps < 2:
+            raise RecoveryError(f"generator.diffusion.steps: at least 2, got {self.steps}")
+
+
 @dataclass(frozen=True)
 class GeneratorSpec:
     """Where a generator comes from; exactly one of torchscript, factory, builtin, pickle.
@@ -103,12 +135,14 @@ class GeneratorSpec:
     w_avg_samples: int = 10_000
     classes: ClassesSpec | None = None
     memory_format: str = "auto"
+    diffusers: str | None = None  # a diffusers save_pretrained folder (UNet2DModel + scheduler): recovery/diffusion.py
+    diffusion: DiffusionSettings = field(default_factory=DiffusionSettings)
 
     def __post_init__(self) -> None:
-        given = [k for k in ("torchscript", "factory", "builtin", "pickle") if getattr(self, k)]
+        given = [k for k in ("torchscript", "factory", "builtin", "pickle", "diffusers") if getattr(self, k)]
         if len(given) != 1:
             raise RecoveryError(
-                "generator: give exactly one of torchscript, factory, builtin, pickle"
+                "generator: give exactly one of torchscript, factory, builtin, pickle, diffusers"
                 + (f" (got {', '.join(given)})" if given else " (got none)")
             )
         lo, hi = (float(v) for v in self.output_range)

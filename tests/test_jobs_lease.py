@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from jobs import storage
+from stats import storage
 from jobs.errors import ConfigError
 from jobs.lease import Lease, LeaseLost
 

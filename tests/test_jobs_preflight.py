@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from conftest import tiny_config, write_yaml
 
-from jobs import storage
+from stats import storage
 from jobs.audit import main
 from jobs.config import SourceConfig, load_config
 from jobs.errors import ConfigError

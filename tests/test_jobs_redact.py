@@ -100,7 +100,7 @@ def test_a_signed_url_in_an_error_is_redacted(http_models, tiny_data, tmp_path, 
 
 
 def test_a_query_string_is_not_a_glob_on_http_but_a_question_mark_is_one_elsewhere():
-    from jobs.storage import is_glob
+    from stats.storage import is_glob
 
     assert not is_glob(f"https://host/models/g.pt?X-Amz-Signature={TOKEN}")
     assert is_glob("https://host/models/*.pt?sig=1") and is_glob("data/img-??.png") and is_glob("s3://b/[ab].pt")

@@ -3,7 +3,7 @@
 The output is on S3 (a moto server of this module's own, on 127.0.0.1); the inputs are local. A watcher
 thread stops the server as soon as the first shard's done marker (its rejects part) is on it, while the
 other shards are still being recovered or written; their part writes (and the driver's later reads) then
-fail with connection errors and are retried by jobs.storage with backoff.
+fail with connection errors and are retried by stats.storage with backoff.
 
 moto's ThreadedMotoServer keeps its buckets in this process's memory (moto's backends), not in the server
 thread, so a server started again on the same port serves the same bucket and objects: the restart looks
@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import tiny_config, write_yaml
 
-from jobs import storage
+from stats import storage
 from jobs.audit import main
 from stats import read_output
 
