@@ -34,7 +34,7 @@ from .locations import check_locations
 from .models import check_models
 from .overrides import TARGET_KEYS, read_raw
 from .sources import FORMATS, infer_format
-from .typed import convert, fields, mapping, plain, reject_unknown, shown
+from .typed import convert, mapping, plain, reject_unknown, shown
 
 DEFAULT_OUTPUT = "memaudit-out"  # under the current directory, when neither --out nor `output:` is given
 DEMO_CONFIG = Path(__file__).resolve().parent / "assets" / "demo.yaml"  # `memaudit audit` with no --config
@@ -322,12 +322,10 @@ def build_config(raw: Mapping, *, base_dir: str, config_path: str | None = None)
             raise ConfigError(f"{required}: required")
     generator = convert(GeneratorSpec, raw["generator"], "generator")
     recovery_raw = mapping(raw.get("recovery") or {}, "recovery")
-    feature_net = None
-    if "feature_net" not in fields(RecoverySettings):
-        recovery_raw = dict(recovery_raw)
-        feature_net = convert(str | None, recovery_raw.pop("feature_net", None), "recovery.feature_net")
+    recovery_raw = dict(recovery_raw)  # feature_net is the job's (a URL to load), not the search's: taken out here
+    feature_net = convert(str | None, recovery_raw.pop("feature_net", None), "recovery.feature_net")
     recovery = convert(RecoverySettings, recovery_raw, "recovery")
-    if recovery.loss == "features" and not feature_net and "feature_net" not in fields(RecoverySettings):
+    if recovery.loss == "features" and not feature_net:
         raise ConfigError("recovery.feature_net: loss: features needs a TorchScript feature network URL")
     if feature_net and recovery.loss != "features":
         raise ConfigError(f"recovery.feature_net: only used with loss: features (loss is {recovery.loss})")

@@ -83,21 +83,6 @@ def read_fingerprint(url: str, endpoint_url: str | None) -> str | None:
     return value.decode() if value is not None else None
 
 
-def read_run_info(out: str, endpoint_url: str | None) -> dict[str, Any] | None:
-    url = file_url(out, "run.json")
-    if not storage.exists(url, endpoint_url):
-        return None
-    try:
-        info = json.loads(storage.read_bytes(url, endpoint_url))
-    except ValueError as exc:
-        raise ConfigError(f"output: {url} is not valid JSON ({exc}); use --overwrite to replace this output") from None
-    return info if isinstance(info, dict) else None
-
-
-def write_run_info(out: str, info: dict, endpoint_url: str | None) -> None:
-    storage.put_atomic(file_url(out, "run.json"), run_info_bytes(info), endpoint_url)
-
-
 def run_info_bytes(info: dict) -> bytes:
     """run.json's bytes (jobs.lease writes them conditionally)."""
     return json.dumps(redact_value(info), indent=2, sort_keys=False, default=str).encode()  # no secrets in run.json

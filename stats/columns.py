@@ -23,9 +23,6 @@ import pyarrow.compute as pc
 
 from stats.errors import StatsError
 
-NUMERIC = ("mse", "evaluations", "evaluations_to_exact", "latent_norm", "orig_width", "orig_height", "channels")
-
-
 def numeric(results: pa.Table, name: str) -> np.ndarray | None:
     """A numeric column as float64 with NaN for nulls, or None when absent."""
     if name not in results.column_names:
