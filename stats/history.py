@@ -28,6 +28,7 @@ import datetime as dt
 import hashlib
 import json
 import posixpath
+import warnings
 from typing import Any
 from urllib.parse import quote
 
@@ -76,6 +77,7 @@ HISTORY_SCHEMA = pa.schema([
     pa.field("flagged", pa.int64()),  # images flagged in ranking.parquet (q <= fdr)
     pa.field("memaudit_version", pa.string()),
 ])
+REQUIRED = ("run_id", "date", "verdict")  # in every history file since the first version
 MODEL = pa.field("model", pa.string(), nullable=False)
 PARTITIONING = ds.partitioning(pa.schema([MODEL]), flavor="hive")
 GENERATOR_KEYS = ("torchscript", "pickle", "checkpoint", "factory", "builtin")
@@ -186,6 +188,9 @@ def read_history(history_url: str, *, model: str | None = None,
     files = run_files(fs, root)
     if not files:
         raise StatsError(f"history: no runs at {history_url} (expected model=<model>/run-<id>.parquet)")
+    files = readable_runs(fs, files)
+    if not files:
+        raise StatsError(f"history: no readable runs at {history_url} (every run file was skipped, see the warnings)")
     dataset = ds.dataset(files, filesystem=fs, format="parquet", partitioning=PARTITIONING, partition_base_dir=root,
                          schema=HISTORY_SCHEMA.append(MODEL))
     table = dataset.to_table(filter=None if model is None else pc.field("model") == model)
@@ -207,6 +212,54 @@ def run_files(fs, root: str) -> list[str]:
         if len(parts) == 2 and parts[0].startswith("model=") and parts[1].startswith("run-") and path.endswith(".parquet"):
             found.append(path)
     return sorted(found)
+
+
+def readable_runs(fs, files: list[str]) -> list[str]:
+    """The run files whose Parquet footer holds a history row; each other one is named in a warning and skipped.
+
+    One bad file (a zero-byte or truncated put, a file of another schema copied into the
+    folder) must not hide every other run, so it is a warning naming the file, not an error.
+    Only the footer is read: a file's schema is checked before any data is.
+    """
+    good = []
+    for path in files:
+        try:
+            schema = pq.read_schema(path, filesystem=fs)
+        except (OSError, pa.ArrowInvalid) as exc:
+            problem = f"not a readable Parquet file ({type(exc).__name__}: {str(exc)[:200]})"
+        else:
+            problem = _schema_problem(schema)
+        if problem is None:
+            good.append(path)
+        else:
+            warnings.warn(f"history: {path} skipped: {problem}", UserWarning, stacklevel=3)
+    return good
+
+
+def _schema_problem(schema: pa.Schema) -> str | None:
+    """Why a file's schema is not a history row's, or None. Columns added in later versions may be missing."""
+    missing = [name for name in REQUIRED if name not in schema.names]
+    if missing:
+        return f"not a history row (no column {', '.join(missing)})"
+    for field in HISTORY_SCHEMA:
+        if field.name in schema.names and not _same_kind(schema.field(field.name).type, field.type):
+            return f"not a history row (column {field.name} is {schema.field(field.name).type}, expected {field.type})"
+    return None
+
+
+def _same_kind(found: pa.DataType, expected: pa.DataType) -> bool:
+    """Types equal up to what a Parquet round trip changes (timestamp units, list and map field names)."""
+    if pa.types.is_timestamp(expected):
+        return pa.types.is_timestamp(found)
+    if pa.types.is_list(expected):
+        return pa.types.is_list(found) and _same_kind(found.value_type, expected.value_type)
+    if pa.types.is_map(expected):
+        return (pa.types.is_map(found) and _same_kind(found.key_type, expected.key_type)
+                and _same_kind(found.item_type, expected.item_type))
+    if pa.types.is_struct(expected):
+        return pa.types.is_struct(found) and all(
+            found.get_field_index(f.name) < 0 or _same_kind(found.field(f.name).type, f.type) for f in expected)
+    return found.equals(expected)
 
 
 def split_snapshots(out_url: str, storage_options: dict[str, Any] | None = None) -> dict[str, str]:

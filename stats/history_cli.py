@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import posixpath
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from urllib.parse import quote
 
@@ -49,7 +50,11 @@ def history_main(argv: Sequence[str] | None = None) -> int:
     from stats.history_report import format_history, render_history
 
     def run(args: argparse.Namespace, options: dict | None) -> None:
-        history = read_history(args.url, model=args.model, storage_options=options)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            history = read_history(args.url, model=args.model, storage_options=options)
+        for warning in caught:  # a skipped run file: named on stderr, the other runs still shown
+            print(f"warning: {warning.message}", file=sys.stderr)
         print(format_history(history))
         name = f"history-{quote(args.model, safe='')}.html" if args.model else "history.html"
         page = args.html or posixpath.join(args.url.rstrip("/"), name)
@@ -64,7 +69,7 @@ def history_main(argv: Sequence[str] | None = None) -> int:
 
 
 def compare_main(argv: Sequence[str] | None = None) -> int:
-    from stats.run_compare import compare_runs, format_comparison
+    from stats.run_compare import compare_runs, format_comparison, read_run_json, render_comparison
 
     def run(args: argparse.Namespace, options: dict | None) -> None:
         comparison = compare_runs(args.out_a, args.out_b, storage_options=options)
@@ -75,7 +80,10 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
                                   stats_io.parquet_bytes(comparison.images))
             stats_io.atomic_write(fs, posixpath.join(root, "compare-tests.parquet"),
                                   stats_io.parquet_bytes(comparison.tests))
-            print(f"\nwritten: {args.out.rstrip('/')}/compare-images.parquet, compare-tests.parquet")
+            page = render_comparison(comparison, args.out_a, args.out_b, info_a=read_run_json(args.out_a, options),
+                                     info_b=read_run_json(args.out_b, options))
+            stats_io.atomic_write(fs, posixpath.join(root, "compare.html"), page.encode("utf-8"))
+            print(f"\nwritten: {args.out.rstrip('/')}/compare-images.parquet, compare-tests.parquet, compare.html")
 
     return _main(compare_parser(), argv, run, lambda a: [a.out_a, a.out_b] + ([a.out] if a.out else []))
 

@@ -20,25 +20,18 @@ from matplotlib.figure import Figure
 
 from stats.html import escape, img, table
 from stats.plots import _png, split_colors
+from stats.report_page import fold, header, page, short, toc, version
 from stats.text import number
 
 COLUMNS = ("date", "checkpoint", "verdict", "n train/val", "MRE train", "MRE val", "MRE-gap [CI]", "KS p", "flagged",
            "data", "run")
-PAGE_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
-h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
-th:first-child, td:first-child, td.text { text-align: left; }
-"""
-
-
 def history_lines(history: pa.Table) -> list[list[str]]:
     """One list of cells (COLUMNS) per run, as strings."""
     lines = []
     for row in history.to_pylist():
         splits = {s["split"]: s for s in row["splits"] or []}
-        train, val = splits.get("train", {}), splits.get("val", {})
+        member, held_out = (row.get("pair") or "train/val").split("/", 1)  # the run's configured pair, e.g. member/heldout
+        train, val = splits.get(member, {}), splits.get(held_out, {})
         ci = f" [{number(row['gap_ci_low'])}, {number(row['gap_ci_high'])}]" if row["gap_ci_low"] is not None else ""
         lines.append([
             _day(row["date"]), row["checkpoint"] or "-", row["verdict"] or "-",
@@ -61,19 +54,39 @@ def format_history(history: pa.Table) -> str:
 
 
 def render_history(history: pa.Table, *, title: str = "memaudit history", gap_threshold: float = 0.10) -> str:
-    """A self-contained HTML page: per model, the trend figures and the table of runs."""
+    """A self-contained HTML page in the report's look: per model, the trend figures and the table of runs.
+
+    The header names what the latest run audited (its generator sha256 and data snapshot), so a page
+    read later says which model file and which images its newest point stands for.
+    """
     sections = []
-    for model, runs in by_model(history):
+    for index, (model, runs) in enumerate(by_model(history)):
         x, label = trend_axis(runs)
         figures = "".join(img(png, alt) for png, alt in (
             (mre_png(runs, x, label), "MRE per split"),
             (gap_png(runs, x, label, gap_threshold), "MRE-gap with its confidence interval"),
             (flagged_png(runs, x, label), "flagged training images"),
         ))
-        sections.append(f"<h2>model {escape(model)}</h2>\n<div>{figures}</div>\n"
-                        f"{table(COLUMNS, history_lines(runs), text_columns=(1, 2, 9, 10))}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
-            f"<style>{PAGE_STYLE}</style></head><body><h1>{escape(title)}</h1>\n{''.join(sections)}</body></html>")
+        sections.append(f'<section id="model-{index}"><h2>model {escape(model)}</h2>\n'
+                        f'<div class="figures history">{figures}</div>\n'
+                        f"{table(COLUMNS, history_lines(runs), text_columns=(1, 2, 9, 10), table_id=f'runs-{index}', searchable=True, tall=True)}"
+                        "</section>")
+    body = "\n".join([toc(sections) if len(sections) > 1 else "", *(fold(s, open_=True) for s in sections)])
+    return page(title, header(title, history_fields(history)), body)
+
+
+def history_fields(history: pa.Table) -> list[tuple[str, object]]:
+    """The header: models and runs, and what the latest run audited."""
+    models = sorted(set(history.column("model").to_pylist())) if history.num_rows else []
+    latest = max(history.to_pylist(), key=lambda r: (r["date"] is not None, r["date"] or 0), default={})
+    return [
+        ("model", ", ".join(models) or "none"),
+        ("runs", history.num_rows),
+        ("latest generator sha256", short(latest.get("generator_sha256")) or "not recorded"),
+        ("latest data snapshot", short(latest.get("data_snapshot"))),
+        ("latest run", _day(latest.get("date"))),
+        ("memaudit", latest.get("memaudit_version") or version()),
+    ]
 
 
 def by_model(history: pa.Table) -> list[tuple[str, pa.Table]]:

@@ -30,6 +30,8 @@ import pyarrow.compute as pc
 from scipy import stats as sps
 
 from stats import io as stats_io
+from stats.checks import check_output
+from stats.errors import StatsError
 from stats.reduction import Reduction, reduce
 from stats.report import settings_from_run_info
 from stats.text import number
@@ -68,8 +70,14 @@ class RunComparison:
     images: pa.Table  # IMAGES_SCHEMA, images in both runs, sorted by log10_ratio (most improved first)
     tests: pa.Table  # TESTS_SCHEMA, one row per split present in both runs
 
-    def newly_flagged(self, split: str = "train") -> pa.Table:
-        """Images of ``split`` flagged in B and not in A: the ones that became memorized."""
+    @property
+    def member_split(self) -> str:
+        """The split that may be memorized: the first of B's first configured pair (``train`` by default)."""
+        return self.b.settings.pairs[0][0]
+
+    def newly_flagged(self, split: str | None = None) -> pa.Table:
+        """Images of ``split`` (default: member_split) flagged in B and not in A: the ones that became memorized."""
+        split = self.member_split if split is None else split
         t = self.images.filter(pc.equal(self.images.column("split"), split))
         mask = pc.and_(pc.fill_null(t.column("flagged_b"), False), pc.invert(pc.fill_null(t.column("flagged_a"), False)))
         return t.filter(mask)
@@ -89,8 +97,15 @@ def compare_runs(out_a: str, out_b: str, *, storage_options: dict[str, Any] | No
 
 
 def _load(out: str, storage_options: dict[str, Any] | None) -> tuple[pa.Table, Reduction]:
+    """One run reduced, after the checks `memaudit report` makes: an unfinished output (stopped by
+    --max-shards, or still running) has no verdict to compare, so it is refused, naming the output."""
     results, rejects, _, info = stats_io.read_output(out, storage_options=storage_options)
-    return results, reduce(results, rejects, settings=settings_from_run_info(info))
+    settings = settings_from_run_info(info)
+    try:
+        check_output(results, rejects, info, settings.pairs)
+    except StatsError as exc:
+        raise StatsError(f"{out}: {exc}") from None
+    return results, reduce(results, rejects, settings=settings)
 
 
 def paired_images(results_a: pa.Table, results_b: pa.Table, ranking_a: pa.Table, ranking_b: pa.Table) -> pa.Table:
@@ -159,7 +174,7 @@ def format_comparison(comparison: RunComparison, out_a: str, out_b: str, *, top:
         lines.append(f"{r['split']:<12}{r['n_paired']:>8}{number(r['median_log10_ratio']):>19}"
                      f"{number(r['wilcoxon_pvalue']):>12}{number(r['ks_statistic']):>8}{number(r['ks_pvalue']):>11}")
     new = comparison.newly_flagged()
-    lines += ["", f"train images flagged in B and not in A: {new.num_rows}"]
+    lines += ["", f"{comparison.member_split} images flagged in B and not in A: {new.num_rows}"]
     for r in new.slice(0, top).to_pylist():
         lines.append(f"  {r['image_id']}: error {number(r['error_a'])} -> {number(r['error_b'])}")
     return "\n".join(lines)
@@ -199,3 +214,57 @@ def _gap_text(reduction: Reduction) -> str:
 
 def _flagged(reduction: Reduction) -> int:
     return int(pc.sum(reduction.ranking.column("flagged").cast(pa.int64())).as_py() or 0)
+
+
+# --- the HTML page ---------------------------------------------------------------------
+
+NEWLY_FLAGGED_SHOWN = 100  # rows of the newly-flagged table; all are in compare-images.parquet
+
+
+def read_run_json(out: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """A run's run.json for the page's header, or None when it has none."""
+    fs, root = stats_io.open_output(out, storage_options)
+    path = f"{root.rstrip('/')}/run.json"
+    return stats_io.read_json_object(fs, path) if fs.exists(path) else None
+
+
+def render_comparison(comparison: RunComparison, out_a: str, out_b: str, *, info_a: dict[str, Any] | None = None,
+                      info_b: dict[str, Any] | None = None) -> str:
+    """compare.html in the report's look: the per-image change figure first, then side by side and the tests."""
+    from stats.html import escape, img, table
+    from stats.plots import distribution_png, split_colors
+    from stats.report_page import audit_fields, fold, header, page, toc
+
+    splits = list(dict.fromkeys(comparison.images.column("split").to_pylist()))
+    ratios = {s: comparison.images.filter(pc.equal(comparison.images.column("split"), s)).column("log10_ratio")
+              .to_numpy().astype(np.float64) for s in splits}
+    figure = (img(distribution_png(ratios, split_colors(splits), "log10(error B / error A): below 0, B recovers it "
+                                   "better", "Per-image change, images in both runs"), "per-image error change")
+              if splits else "<p>The runs share no image (same split and image id).</p>")
+    new = comparison.newly_flagged()
+    rows = [[r["image_id"], r["error_a"], r["error_b"], r["log10_ratio"]] for r in new.slice(0, NEWLY_FLAGGED_SHOWN).to_pylist()]
+    more = (f" The first {len(rows)} of {new.num_rows}; all are in compare-images.parquet (--out)."
+            if new.num_rows > len(rows) else "")
+    sections = [
+        '<section id="side-by-side"><h2>Side by side</h2>'
+        + table(["", "A", "B"], [[k, a, b] for k, (a, b) in side_by_side(comparison).items()], text_columns=(1, 2))
+        + "</section>",
+        '<section id="tests"><h2>Errors of B against A</h2><p>Paired: the Wilcoxon signed-rank test on the images in '
+        "both runs; KS: all errors of each run.</p>"
+        + table(["split", "n A", "n B", "paired", "median log10(B/A)", "Wilcoxon p", "KS D", "KS p"],
+                [[r["split"], r["n_a"], r["n_b"], r["n_paired"], r["median_log10_ratio"], number(r["wilcoxon_pvalue"], 2),
+                  r["ks_statistic"], number(r["ks_pvalue"], 2)] for r in comparison.tests.to_pylist()])
+        + "</section>",
+        f'<section id="newly-flagged"><h2>Newly flagged training images ({new.num_rows})</h2><p>Flagged in B and not '
+        f"in A: the training images that became memorized.{escape(more)}</p>"
+        + table(["image_id", "error A", "error B", "log10(B/A)"], rows, table_id="newly", searchable=True, tall=True)
+        + "</section>",
+    ]
+    fields = [("A", out_a), *((f"A {k}", v) for k, v in audit_fields(info_a, None)[:5] if k != "data snapshot"),
+              ("B", out_b), *((f"B {k}", v) for k, v in audit_fields(info_b, None)[:5] if k != "data snapshot")]
+    verdicts = (f'<p class="verdict {escape(comparison.b.verdict.label.replace(" ", "-"))}">A: '
+                f"{escape(comparison.a.verdict.label)}; B: {escape(comparison.b.verdict.label)}. "
+                f"{new.num_rows} training images flagged in B and not in A.</p>")
+    body = "\n".join([verdicts, f'<section id="change"><div class="figures">{figure}</div></section>', toc(sections),
+                      *(fold(s, open_=True) for s in sections)])
+    return page("memaudit compare", header("memaudit compare", fields), body)

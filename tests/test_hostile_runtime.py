@@ -27,3 +27,77 @@ def test_rejected_generated_images_count_against_the_generated_gate():
     assert verdict.label == "inconclusive"
     assert verdict.numbers["generated_success_rate"] == pytest.approx(0.4)
     assert "4 of 10" in verdict.sentence and "6 rejected" in verdict.sentence
+
+
+def renamed(table: pa.Table, names: dict[str, str]) -> pa.Table:
+    split = [names.get(s, s) for s in table.column("split").to_pylist()]
+    ids = [i.replace(old, new, 1) for i, old in zip(table.column("image_id").to_pylist(), table.column("split").to_pylist())
+           for new in [names.get(old, old)]]
+    return table.set_column(0, "image_id", pa.array(ids)).set_column(1, "split", pa.array(split))
+
+
+CUSTOM = {"pairs": [["member", "heldout"]]}
+NAMES = {"train": "member", "val": "heldout"}
+
+
+@pytest.fixture
+def custom_runs(tmp_path):
+    """Two runs with custom split names: A clean, B with its member images recovered far better than heldout."""
+    a = write_output(str(tmp_path / "a"), renamed(errors(0.0, 1), NAMES), finished="2026-12-01T02:00:00+00:00",
+                     run={"model": "glo"}, stats_config=CUSTOM)
+    b = write_output(str(tmp_path / "b"), renamed(errors(1.5, 1), NAMES), finished="2026-12-02T02:00:00+00:00",
+                     run={"model": "glo"}, stats_config=CUSTOM)
+    return a, b
+
+
+def test_compare_reads_the_configured_pair_names(custom_runs, capsys):
+    flagged_b = pq.read_table(f"{custom_runs[1]}/ranking.parquet").column("flagged").to_pylist().count(True)
+    assert flagged_b > 10
+    assert compare_main(list(custom_runs)) == 0
+    text = capsys.readouterr().out
+    assert f"member images flagged in B and not in A: {flagged_b}" in text
+    assert "train images flagged" not in text
+
+
+def test_history_shows_n_and_mre_of_the_configured_pair(custom_runs, tmp_path, capsys):
+    history = str(tmp_path / "history")
+    for out in custom_runs:
+        append(history_row(out), history)
+    assert history_main([history]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("2026-12-0")]
+    assert len(lines) == 2 and all("40/40" in line for line in lines), lines
+
+
+def test_compare_refuses_an_unfinished_output_as_report_does(tmp_path, capsys):
+    a = write_output(str(tmp_path / "a"), errors(0.0, 1), finished="2026-12-01T02:00:00+00:00")
+    b = write_output(str(tmp_path / "b"), errors(0.0, 2, n=2).slice(0, 2), finished="2026-12-02T02:00:00+00:00")
+    info = json.loads((tmp_path / "b" / "run.json").read_text())
+    info.update(status="partial", plan={"images": {"train": 6, "val": 6, "generated": 8}})
+    info.pop("verdict")
+    (tmp_path / "b" / "run.json").write_text(json.dumps(info))
+    assert compare_main([a, b]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and str(tmp_path / "b") in err and "incomplete" in err
+
+
+@pytest.mark.parametrize("bad", ["zero-byte", "foreign-schema", "not-parquet"])
+def test_one_bad_history_file_is_named_and_the_other_runs_still_show(tmp_path, capsys, bad):
+    history = tmp_path / "history"
+    for i, shift in enumerate((1.5, 0.0)):
+        out = write_output(str(tmp_path / f"run{i}"), errors(shift, i), finished=f"2026-12-0{i + 1}T02:00:00+00:00",
+                           run={"model": "glo"})
+        append(history_row(out), str(history))
+    broken = history / "model=glo" / "run-0badf11e0badf11e.parquet"
+    if bad == "zero-byte":
+        broken.write_bytes(b"")
+    elif bad == "foreign-schema":
+        pq.write_table(pa.table({"x": [1, 2], "run_id": [3, 4]}), broken)
+    else:
+        broken.write_bytes(b"PAR1 this is not parquet")
+    with pytest.warns(UserWarning, match="run-0badf11e0badf11e.parquet"):
+        table = read_history(str(history))
+    assert table.num_rows == 2
+    assert history_main([str(history)]) == 0
+    captured = capsys.readouterr()
+    assert "model glo: 2 runs" in captured.out
+    assert "run-0badf11e0badf11e.parquet" in captured.err and "skipped" in captured.err
