@@ -7,6 +7,10 @@ storage.endpoint_url is passed to s3fs; credentials come from the standard AWS c
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
+import json
 import logging
 import os
 import random
@@ -16,7 +20,10 @@ import time
 from typing import Callable, TypeVar
 
 import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 from fsspec.core import split_protocol
+from fsspec.implementations.local import LocalFileSystem
 
 log = logging.getLogger("memaudit")
 T = TypeVar("T")
@@ -24,6 +31,7 @@ T = TypeVar("T")
 LOCAL = (None, "file", "local")
 RETRIES = 5  # after the first try: retries after 0.5, 1, 2, 4 and 8 s (plus jitter), about 15 s of outage
 RETRY_SECONDS = 0.5  # the first delay; each next one doubles
+KEY_HEX = 24  # hex digits of a cache key (96 bits): no two entries of one store collide in practice
 
 
 class StorageError(OSError):
@@ -137,11 +145,17 @@ def with_protocol(like: str, path: str) -> str:
     return f"{protocol}://{path}" if not path.startswith(f"{protocol}://") else path
 
 
+# OSErrors that a retry cannot fix: the same call fails the same way (a retry only delays the error)
+PERMANENT_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EINVAL, errno.ELOOP})
+
+
 def transient(exc: BaseException) -> bool:
     """Errors worth retrying: network and server trouble, not a missing file or a denied request."""
     if isinstance(exc, (StorageError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)):
         return False
     if _precondition_failed(exc):  # a conditional write that lost: an answer, not an outage
+        return False
+    if isinstance(exc, OSError) and exc.errno in PERMANENT_ERRNOS:  # a name too long, a full or read-only disk
         return False
     if isinstance(exc, (OSError, ConnectionError, TimeoutError)):
         return True
@@ -172,12 +186,18 @@ def retrying(fn: Callable[[], T], what: str) -> T:
 
 
 def put_atomic(url: str, data: bytes, endpoint_url: str | None = None) -> None:
-    """Write `data` to `url` so that readers see the whole object or nothing.
+    """Write `data` to `url` so that readers see the whole object or nothing (write_atomic)."""
+    fs, path = filesystem(url, endpoint_url)
+    write_atomic(fs, path, data, url)
 
-    An object store's single PUT is atomic; a local file is written beside its final name and renamed.
+
+def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes, what: str | None = None) -> None:
+    """Write `data` at `path` on `fs` so that readers see the whole object or nothing, with the retry budget.
+
+    An object store's single PUT is atomic; a local file is written beside its final name (a hidden
+    temporary, skipped by every reader) and renamed.
     """
-    if is_local(url):
-        path = split_protocol(url)[1]
+    if isinstance(fs, LocalFileSystem):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=os.path.basename(path))
         try:
@@ -189,9 +209,28 @@ def put_atomic(url: str, data: bytes, endpoint_url: str | None = None) -> None:
                 os.unlink(tmp)
             raise
         return
-    fs, path = filesystem(url, endpoint_url)
-    retrying(lambda: fs.pipe_file(path, data), f"writing {url}")
+    retrying(lambda: fs.pipe_file(path, data), f"writing {what or path}")
     fs.invalidate_cache(os.path.dirname(path))
+
+
+def parquet_bytes(table: pa.Table, metadata: dict[str, str] | None = None) -> bytes:
+    """`table` as the bytes of one Parquet file, with `metadata` added to its schema's (a part's fingerprint)."""
+    if metadata:
+        merged = dict(table.schema.metadata or {})
+        merged.update({k.encode(): v.encode() for k, v in metadata.items()})
+        table = table.replace_schema_metadata(merged)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+def cache_key(payload: object, digest: "hashlib._Hash | None" = None) -> str:
+    """The name of a cache entry under an output: sha256 over what `digest` was fed (large binary inputs such
+    as a generator's weights) and the canonical JSON of `payload`, cut to KEY_HEX hex digits. Every cache
+    names its entries this way, so equal inputs give equal names and a changed input a new entry."""
+    digest = digest or hashlib.sha256()
+    digest.update(json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str).encode())
+    return digest.hexdigest()[:KEY_HEX]
 
 
 def read_bytes(url: str, endpoint_url: str | None = None) -> bytes:
