@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from urllib.parse import quote
 
+from stats import storage
 from stats import io as stats_io
 from stats.errors import StatsError
 from stats.exit_codes import BAD_INPUT, OK
@@ -60,7 +61,7 @@ def history_main(argv: Sequence[str] | None = None) -> int:
         page = args.html or posixpath.join(args.url.rstrip("/"), name)
         fs, path = stats_io.open_output(page, options)
         try:
-            stats_io.atomic_write(fs, path, render_history(history).encode("utf-8"))
+            storage.write_atomic(fs, path, render_history(history).encode("utf-8"))
         except OSError as exc:  # a read-only history: the table is printed; say where else the page can go
             raise StatsError(f"cannot write the history page {page} ({exc}); choose another place with --html") from None
         print(f"\nhistory page: {page}")
@@ -76,13 +77,13 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
         print(format_comparison(comparison, args.out_a, args.out_b, top=args.top))
         if args.out:
             fs, root = stats_io.open_output(args.out, options)
-            stats_io.atomic_write(fs, posixpath.join(root, "compare-images.parquet"),
-                                  stats_io.parquet_bytes(comparison.images))
-            stats_io.atomic_write(fs, posixpath.join(root, "compare-tests.parquet"),
-                                  stats_io.parquet_bytes(comparison.tests))
+            storage.write_atomic(fs, posixpath.join(root, "compare-images.parquet"),
+                                  storage.parquet_bytes(comparison.images))
+            storage.write_atomic(fs, posixpath.join(root, "compare-tests.parquet"),
+                                  storage.parquet_bytes(comparison.tests))
             page = render_comparison(comparison, args.out_a, args.out_b, info_a=read_run_json(args.out_a, options),
                                      info_b=read_run_json(args.out_b, options))
-            stats_io.atomic_write(fs, posixpath.join(root, "compare.html"), page.encode("utf-8"))
+            storage.write_atomic(fs, posixpath.join(root, "compare.html"), page.encode("utf-8"))
             print(f"\nwritten: {args.out.rstrip('/')}/compare-images.parquet, compare-tests.parquet, compare.html")
 
     return _main(compare_parser(), argv, run, lambda a: [a.out_a, a.out_b] + ([a.out] if a.out else []))

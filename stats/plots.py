@@ -45,9 +45,20 @@ def _log_x(axes, low: float, smallest_positive: float | None) -> None:
         axes.set_xscale("symlog", linthresh=smallest_positive)
 
 
-def histogram_png(histograms: pa.Table, colors: Mapping[str, str]) -> bytes:
-    """Overlaid step histograms (fraction of each split per shared bin) on a log x axis."""
-    figure = Figure(figsize=(8, 4))
+def histogram_png(
+    histograms: pa.Table,
+    colors: Mapping[str, str],
+    *,
+    threshold: tuple[float, str] | None = None,
+    flagged: tuple[np.ndarray, str] | None = None,
+) -> bytes:
+    """Overlaid step histograms (fraction of each split per shared bin) on a log x axis.
+
+    threshold (value, label) draws the reference split's low quantile the verdict counts
+    against; flagged (errors, split) marks each flagged image as a tick under the curves, so
+    the figure shows where the evidence sits. Callers cap the flagged errors they pass.
+    """
+    figure = Figure(figsize=(6.2, 3.6))
     axes = figure.add_subplot()
     table = histograms.to_pydict()
     split = np.array(table["split"], dtype=object)
@@ -59,12 +70,43 @@ def histogram_png(histograms: pa.Table, colors: Mapping[str, str]) -> bytes:
             continue
         edges = np.append(lower[mine], upper[mine][-1])
         axes.stairs(fraction[mine], edges, label=name, color=colors[name], linewidth=1.5)
+    if threshold is not None:
+        axes.axvline(threshold[0], color="black", linestyle="--", linewidth=1, label=threshold[1])
+    if flagged is not None and len(flagged[0]):
+        errors, name = flagged
+        axes.plot(errors, np.zeros(len(errors)), linestyle="none", marker="|", markersize=14, markeredgewidth=1.2,
+                  color=colors.get(name, "#d62728"), label=f"flagged {name} ({len(errors)})", clip_on=False)
     positive = lower[lower > 0]
     _log_x(axes, float(lower.min()), float(positive.min()) if len(positive) else None)
     axes.set_xlabel("recovery error")
     axes.set_ylabel("fraction of split")
-    axes.legend(frameon=False)
+    axes.set_ylim(bottom=0)
+    axes.legend(frameon=False, fontsize=8)
     axes.set_title("Error histograms on shared bins")
+    return _png(figure)
+
+
+def scores_png(scores: Mapping[str, np.ndarray], colors: Mapping[str, str]) -> bytes:
+    """Histograms of the discriminator's score per split, on shared bins (fraction of each split)."""
+    return distribution_png(scores, colors, "discriminator score (higher: more real)", "Discriminator scores")
+
+
+def distribution_png(values: Mapping[str, np.ndarray], colors: Mapping[str, str], xlabel: str, title: str,
+                     bins: int = 40) -> bytes:
+    """Step histograms of one quantity per split on shared linear bins (fraction of each split)."""
+    figure = Figure(figsize=(6.2, 3.4))
+    axes = figure.add_subplot()
+    finite = [x[np.isfinite(x)] for x in values.values()]
+    pooled = np.concatenate(finite) if finite else np.zeros(0)
+    edges = np.histogram_bin_edges(pooled if len(pooled) else np.zeros(1), bins=bins)
+    for name, x in zip(values, finite):
+        if len(x):
+            counts, _ = np.histogram(x, bins=edges)
+            axes.stairs(counts / len(x), edges, label=f"{name} ({len(x)})", color=colors[name], linewidth=1.5)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel("fraction of split")
+    axes.legend(frameon=False, fontsize=8)
+    axes.set_title(title)
     return _png(figure)
 
 
@@ -81,7 +123,7 @@ def ecdf_png(
     ks_pair: tuple[str, str, float, float] | None,
 ) -> bytes:
     """ECDFs of all splits; ks_pair (a, b, statistic, location) marks the KS distance."""
-    figure = Figure(figsize=(8, 4))
+    figure = Figure(figsize=(6.2, 3.6))
     axes = figure.add_subplot()
     low = min(float(x[0]) for x in errors.values())
     positive = [float(x[x > 0][0]) for x in errors.values() if x[-1] > 0]
@@ -106,7 +148,7 @@ def ecdf_png(
     axes.set_xlabel("recovery error")
     axes.set_ylabel("fraction of split with error ≤ x")
     axes.set_ylim(0, 1.02)
-    axes.legend(frameon=False, loc="best")
+    axes.legend(frameon=False, loc="best", fontsize=8)
     axes.set_title("Empirical CDFs")
     return _png(figure)
 

@@ -1,11 +1,17 @@
 """The self-contained HTML report, and `report_from_output` behind `memaudit report OUT`.
 
-The report reads top-down: the verdict in one sentence (with any confound warnings),
-the statistics, the verdict's rules, the most memorized training images, the error
-distributions, convergence, the search budget, the best/median/worst recoveries, the
-rejects, then config and provenance. Images are embedded as base64 data URIs so the file stands alone. Every
-piece of text that comes from the data (split names, image ids, reasons, the config) is
-HTML-escaped.
+The report shows before it tells. Its first screen is the verdict sentence, the figure that
+justifies it (train / val / generated error histograms on shared log bins, the reference's
+low quantile and the flagged images marked, the ECDFs beside it), a grid of the most
+memorized training images and the one-line reasons. Everything else (statistics, rules, the
+flagged-image table, convergence, search budget, recoveries, companion detectors,
+discriminator, rejects, provenance) follows folded, under a table of contents.
+
+Its size does not grow with the audit: every figure is drawn from summaries and every table
+and grid holds at most a fixed number of rows or images, saying how many it leaves out and
+where they are (ranking.parquet, the results). Images are embedded as base64 data URIs so
+the file stands alone; the only script is inline. Every piece of text that comes from the
+data (split names, image ids, reasons, the config) is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ from stats.checks import check_output
 from stats.reduction import Reduction, reduce
 from stats.report_detectors import CompanionFiles, detectors_section, read_companions
 from stats.report_models import discriminator_section, read_discriminator, space_section
-from stats.report_sections import confounds_box, memorized_section, rules_section, search_section
+from stats.report_page import audit_fields, data_snapshot, fold, header, page, toc
+from stats.report_sections import (confounds_box, flagged_marks, memorized_grid, memorized_section, rules_section,
+                                   search_section)
 from stats.samples import SampleImages, check_samples, prepare
 from stats.settings import StatsSettings, field_names
 from stats.table import RANKS, group_results
@@ -37,24 +45,7 @@ from stats.text import number, percent
 
 MAX_REJECT_GROUPS = 20
 MAX_REJECT_EXAMPLES = 10
-
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
-h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
-.verdict { padding: 0.8em 1em; border-radius: 6px; font-size: 1.15em; }
-.memorization { background: #fde2e1; border: 1px solid #d33; }
-.no-evidence { background: #e3f4e1; border: 1px solid #3a3; }
-.inconclusive { background: #fff4d6; border: 1px solid #c90; }
-table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
-th:first-child, td:first-child, td.text { text-align: left; }
-figure { display: inline-block; margin: 0.4em; text-align: center; font-size: 0.8em; }
-img.sample { image-rendering: pixelated; width: 128px; }
-pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
-.problem { color: #a00; }
-.confounds { padding: 0.4em 1em; border-left: 4px solid #c90; background: #fff8e6; }
-"""
-
+MAX_RUN_JSON = 60_000  # characters of run.json shown; the file itself is beside the report
 
 def render_report(
     reduction: Reduction,
@@ -83,27 +74,28 @@ def render_report(
     groups = group_results(results, check_ids=False)
     colors = split_colors(reduction.summary.column("split").to_pylist())
     settings = reduction.settings
-    sections = [
+    first = [
         _verdict_section(reduction),
-        space_section(run_info),
-        _statistics_section(reduction),
-        rules_section(reduction),
-        memorized_section(reduction, samples),
         _distributions_section(reduction, groups.errors, colors),
+        memorized_grid(reduction, samples),
+        _reasons_section(reduction),
+    ]
+    folded = [s for s in (
+        _statistics_section(reduction),
+        space_section(run_info),
+        rules_section(reduction),
+        memorized_section(reduction),
         _convergence_section(results, groups.rows, colors, settings),
         search_section(reduction, results, groups.rows, colors, run_info),
         _samples_section(samples),
         detectors_section(companions),
-        discriminator_section(discriminator),
+        discriminator_section(discriminator, colors),
         _rejects_section(rejects),
         _provenance_section(settings, run_info),
-    ]
-    body = "\n".join(s for s in sections if s)
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<title>memaudit report: {_e(reduction.verdict.label)}</title>\n<style>{_STYLE}</style>\n"
-        f"</head>\n<body>\n<h1>memaudit report</h1>\n{body}\n</body>\n</html>\n"
-    )
+    ) if s]
+    body = "\n".join([*(s for s in first if s), toc(folded), *(fold(s) for s in folded)])
+    top = header("memaudit report", audit_fields(run_info, data_snapshot(results, rejects)))
+    return page(f"memaudit report: {reduction.verdict.label}", top, body)
 
 
 def report_from_output(
@@ -156,14 +148,23 @@ def _stats_section(run_info: dict[str, Any] | None) -> dict[str, Any] | None:
 def _verdict_section(reduction: Reduction) -> str:
     verdict = reduction.verdict
     css = verdict.label.replace(" ", "-")
-    reasons = "".join(f"<li>{_e(r)}</li>" for r in verdict.reasons)
-    return (
-        f'<section id="verdict"><p class="verdict {_e(css)}">{_e(verdict.sentence)}</p>\n'
-        f"{confounds_box(reduction)}<ul>{reasons}</ul></section>"
-    )
+    return (f'<section id="verdict"><p class="verdict {_e(css)}">{_e(verdict.sentence)}</p>\n'
+            f"{confounds_box(reduction)}</section>")
+
+
+def _reasons_section(reduction: Reduction) -> str:
+    reasons = "".join(f"<li>{_e(r)}</li>" for r in reduction.verdict.reasons)
+    return f'<section id="reasons"><h2>Why</h2><ul class="reasons">{reasons}</ul></section>' if reasons else ""
+
+
+SUMMARY_SHOWN = ("split", "kind", "n", "rejected", "MRE", "q05", "q95", "tau", "success (below tau)", "converged")
+TESTS_SHOWN = ("pair (a vs b)", "n a", "n b", "KS D", "KS p (a smaller)", "MRE-gap", "gap CI")
 
 
 def _statistics_section(reduction: Reduction) -> str:
+    """Per split and per pair: the columns a reader compares first, every column one click further."""
+    summary_headers = ["split", "kind", "n", "rejected", "MRE", "mean", "std", "min", "q05", "q25", "q75", "q95",
+                       "max", "tau", "success (below tau)", "converged"]
     summary_rows = [
         [
             r["split"], r["kind"], r["count"], r["rejected"], r["mre"], r["mean"], r["std"], r["min"],
@@ -173,12 +174,9 @@ def _statistics_section(reduction: Reduction) -> str:
         ]
         for r in reduction.summary.to_pylist()
     ]
-    summary = _table(
-        ["split", "kind", "n", "rejected", "MRE", "mean", "std", "min", "q05", "q25", "q75", "q95", "max",
-         "tau", "success (below tau)", "converged"],
-        summary_rows,
-        text_columns=(13,),
-    )
+    level = f"{reduction.settings.confidence:.0%}"
+    test_headers = ["pair (a vs b)", "n a", "n b", "KS D", "KS p", "KS p (a smaller)", "Mann-Whitney p", "MRE a",
+                    "MRE b", "MRE-gap", "gap CI", "note"]
     test_rows = [
         [
             f"{t['split_a']} vs {t['split_b']}", t["n_a"], t["n_b"], t["ks_statistic"],
@@ -189,14 +187,8 @@ def _statistics_section(reduction: Reduction) -> str:
         ]
         for t in reduction.tests.to_pylist()
     ]
-    level = f"{reduction.settings.confidence:.0%}"
     tests = (
-        _table(
-            ["pair (a vs b)", "n a", "n b", "KS D", "KS p", "KS p (a smaller)", "Mann-Whitney p", "MRE a", "MRE b",
-             "MRE-gap", f"gap {level} CI", "note"],
-            test_rows,
-            text_columns=(11,),
-        )
+        _narrow(test_headers, test_rows, TESTS_SHOWN, text_columns=("gap CI", "note"))
         if test_rows
         else "<p>No pair of splits to test (needs train and val, or generated and a real split).</p>"
     )
@@ -204,27 +196,42 @@ def _statistics_section(reduction: Reduction) -> str:
         '<section id="statistics"><h2>Statistics</h2>\n'
         "<p>Per split: MRE is the median recovery error; quantiles interpolate linearly; std is the "
         "sample standard deviation.</p>\n"
-        f"{summary}\n<p>Tests: a is the split expected to be recovered better; MRE-gap = "
+        f"{_narrow(summary_headers, summary_rows, SUMMARY_SHOWN, text_columns=('tau',))}\n"
+        "<p>Tests: a is the split expected to be recovered better; MRE-gap = "
         "(MRE b &minus; MRE a) / MRE b; KS p is two-sided; the bootstrap CI is a percentile "
-        f"interval of {reduction.settings.bootstrap} resamples.</p>\n{tests}</section>"
+        f"interval of {reduction.settings.bootstrap} resamples at {level}.</p>\n{tests}</section>"
     )
 
 
+def _narrow(headers: list[str], rows: list[list], shown: tuple[str, ...], text_columns: tuple[str, ...]) -> str:
+    """The table with the `shown` columns, and the whole of it folded beneath."""
+    keep = [i for i, h in enumerate(headers) if h in shown]
+    text = {i for i, h in enumerate(headers) if h in text_columns}
+    narrow = _table([headers[i] for i in keep], [[row[i] for i in keep] for row in rows],
+                    text_columns=[j for j, i in enumerate(keep) if i in text])
+    whole = _table(headers, rows, text_columns=text)
+    return f"{narrow}<details><summary>all {len(headers)} columns</summary>{whole}</details>"
+
+
 def _distributions_section(reduction: Reduction, errors: dict[str, np.ndarray], colors: dict[str, str]) -> str:
+    """The figure the verdict rests on: histograms with the evidence marked, and the ECDFs beside them."""
     present = {s: x for s, x in errors.items() if len(x)}
     first = reduction.tests.to_pylist()[0] if reduction.tests.num_rows else None
     ks_pair = None
     if first is not None and first["ks_statistic"] is not None:
         ks_pair = (first["split_a"], first["split_b"], first["ks_statistic"], first["ks_location"])
-    histogram = histogram_png(reduction.histograms, {s: colors[s] for s in present})
+    threshold, flagged, legend = flagged_marks(reduction, present)
+    histogram = histogram_png(reduction.histograms, {s: colors[s] for s in present}, threshold=threshold,
+                              flagged=flagged)
     ecdf = ecdf_png(present, {s: colors[s] for s in present}, ks_pair)
     scale = reduction.histograms.column("scale")[0].as_py() if reduction.histograms.num_rows else "linear"
+    bins = len(set(reduction.histograms.column("bin").to_pylist()))
     return (
-        '<section id="distributions"><h2>Error distributions</h2>\n'
-        f"<p>Histograms on {len(set(reduction.histograms.column('bin').to_pylist()))} shared {_e(scale)}-spaced bins "
-        "that cover every value; the x axis is logarithmic.</p>\n"
-        f"{_img(histogram, 'error histograms per split')}\n"
-        f"{_img(ecdf, 'empirical CDFs per split with the KS distance')}</section>"
+        '<section id="distributions"><div class="figures">'
+        f"{_img(histogram, 'error histograms per split')}"
+        f"{_img(ecdf, 'empirical CDFs per split with the KS distance')}</div>\n"
+        f'<p class="note">Recovery error per split: histograms on {bins} shared {_e(scale)}-spaced bins that cover '
+        f"every value (log x axis){legend}; right, the empirical CDFs.</p></section>"
     )
 
 
@@ -255,26 +262,24 @@ def _samples_section(samples: pa.Table | None) -> str:
         return ""
     rank_order = {r: i for i, r in enumerate(RANKS)}
     splits = list(dict.fromkeys(r["split"] for r in rows))
-    parts = ['<section id="samples"><h2>Recoveries</h2>\n<p>Per split, the best, median and worst '
-             "recoveries: target, recovery and |target &minus; recovery| on the pixel scale.</p>"]
+    parts = ['<section id="samples"><h2>Recoveries: best, median, worst</h2>\n<p>Per split, the best, median and '
+             "worst recoveries: target, recovery and |target &minus; recovery| on the pixel scale.</p>"]
     for split in splits:
         mine = sorted((r for r in rows if r["split"] == split), key=lambda r: rank_order[r["rank"]])
-        parts.append(f"<h3>{_e(split)}</h3>")
-        for item in (prepare(r) for r in mine):
-            parts.append(_sample_html(item))
+        parts.append(f'<h3>{_e(split)}</h3><div class="grid">')
+        parts.extend(_sample_html(prepare(r)) for r in mine)
+        parts.append("</div>")
     parts.append("</section>")
     return "\n".join(parts)
 
 
 def _sample_html(item: SampleImages) -> str:
-    caption = f"{item.rank}: {item.image_id} (error {number(item.error)})"
-    figures = []
-    for label, png in (("target", item.target), ("recovery", item.recovery), ("|difference|", item.difference)):
-        if png is not None:
-            image = _img(png, f"{label} of {item.image_id}", css="sample")
-            figures.append(f"<figure>{image}<figcaption>{_e(label)}</figcaption></figure>")
-    problem = f'<p class="problem">{_e(item.problem)}</p>' if item.problem else ""
-    return f'<div class="sample"><p>{_e(caption)}</p>{"".join(figures)}{problem}</div>'
+    images = "".join(_img(png, f"{label} of {item.image_id}") for label, png in (
+        ("target", item.target), ("recovery", item.recovery), ("|difference|", item.difference)) if png is not None)
+    problem = f'<div class="problem">{_e(item.problem)}</div>' if item.problem else ""
+    return (f'<div class="tile wide" title="target, recovery, |difference|"><div class="pair">{images}</div>'
+            f'<div>{_e(item.rank)}: error {_e(number(item.error))}</div><div class="id">{_e(item.image_id)}</div>'
+            f"{problem}</div>")
 
 
 def _rejects_section(rejects: pa.Table | None) -> str:
@@ -297,7 +302,8 @@ def _rejects_section(rejects: pa.Table | None) -> str:
     tail = f"<p>{more} more (split, stage, reason) groups not shown.</p>" if more > 0 else ""
     return (
         f'<section id="rejects"><h2>Rejects</h2>\n<p>{rejects.num_rows} inputs could not be audited.</p>\n'
-        f"{count_table}{tail}\n<p>Examples:</p>\n{example_table}</section>"
+        f"{count_table}{tail}\n<p>Examples (the first {len(examples)} of {rejects.num_rows}; every one is in "
+        f"rejects/):</p>\n{example_table}</section>"
     )
 
 
@@ -308,11 +314,10 @@ def _provenance_section(settings: StatsSettings, run_info: dict[str, Any] | None
     ignored_note = (
         f"<p>Keys of config.stats that are not stats settings: {_e(', '.join(ignored))}.</p>" if ignored else ""
     )
-    run = (
-        f"<h3>run.json</h3>\n<pre>{_e(json.dumps(run_info, indent=2, sort_keys=True, default=str))}</pre>"
-        if run_info is not None
-        else "<p>No run.json.</p>"
-    )
+    shown = json.dumps(run_info, indent=2, sort_keys=True, default=str)
+    cut = (f"<p>The first {MAX_RUN_JSON} of {len(shown)} characters; the whole is run.json beside this report.</p>"
+           if len(shown) > MAX_RUN_JSON else "")
+    run = f"<h3>run.json</h3>\n{cut}<pre>{_e(shown[:MAX_RUN_JSON])}</pre>" if run_info is not None else "<p>No run.json.</p>"
     versions = {
         "numpy": np.__version__,
         "scipy": scipy.__version__,

@@ -34,6 +34,8 @@ PAIRS_SCHEMA = pa.schema([
 FILES = {"detectors": "detectors.parquet", "cells": "ct_cells.parquet", "birthday": "birthday.parquet",
          "pairs": "pairs.parquet"}
 SHOWN = 10  # rows of the birthday table
+PAIRS_SHOWN = 24  # rendered pairs of each kind
+CELLS_SHOWN = 50  # rows of the C_T cell table, the most negative Z_U first
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,9 @@ def detectors_section(files: CompanionFiles | None) -> str:
         return ""
     rows = files.detectors.to_pylist()
     parts = ['<section id="detectors"><h2>Companion detectors</h2>',
+             _pairs_html(files.pairs, "neighbours", "Closest generated / training pairs",
+                         "Generated images with the smallest distance to their nearest training image, each beside "
+                         "that training image: a copy looks the same."),
              "<p>Each detector is a test of its own, at the verdict's alpha (the label above is the recovery "
              "test's). Nearest neighbours: generated images nearer to a training image than held-out images are; "
              "MiFID: Bai et al.'s memorization distance; C_T: Meehan et al.'s data-copying statistic (&lt; 0 means "
@@ -75,16 +80,18 @@ def detectors_section(files: CompanionFiles | None) -> str:
                    [[r["detector"], r["statistic_name"], r["statistic"], r["threshold"], number(r["p_value"], 2),
                      "yes" if r["fired"] else "no", r["count"], r["reason"]] for r in rows],
                    text_columns=(1, 4, 5, 7))]
-    parts.append(_pairs_html(files.pairs, "neighbours", "Closest generated / training pairs",
-                             "Generated images with the smallest distance to their nearest training image, side by "
-                             "side with it: a copy looks the same."))
     if files.cells is not None and files.cells.num_rows:
         parts.append("<h3>C_T per cell</h3><p>k-means cells of the training features; Z_U &lt; 0 where generated "
                      "images sit closer to the cell's training images than held-out images do; kept cells have "
                      "enough generated images and are weighted by their held-out mass.</p>")
+        cells = files.cells.sort_by([("z_u", "ascending")]).slice(0, CELLS_SHOWN)
+        if files.cells.num_rows > cells.num_rows:
+            parts.append(f"<p>The {cells.num_rows} cells with the most negative Z_U of {files.cells.num_rows}; all "
+                         "are in ct_cells.parquet.</p>")
         parts.append(table(["cell", "train", "held-out", "generated", "held-out mass", "Z_U", "kept"],
                            [[r["cell"], r["n_train"], r["n_val"], r["n_generated"], r["val_mass"], r["z_u"],
-                             "yes" if r["kept"] else "no"] for r in files.cells.to_pylist()], text_columns=(6,)))
+                             "yes" if r["kept"] else "no"] for r in cells.to_pylist()], text_columns=(6,),
+                           table_id="ct-cells", searchable=True, tall=True))
     if files.birthday is not None and files.birthday.num_rows:
         shown = files.birthday.slice(0, SHOWN).to_pylist()
         parts.append(f"<h3>Birthday test: closest pairs</h3><p>The closest pair of each batch, nearest first "
@@ -100,15 +107,19 @@ def detectors_section(files: CompanionFiles | None) -> str:
 def _pairs_html(pairs: pa.Table | None, kind: str, title: str | None, intro: str | None) -> str:
     if pairs is None or pairs.num_rows == 0:
         return ""
-    mine = pairs.filter(pc.equal(pairs.column("kind"), kind)).to_pylist()
+    chosen = pairs.filter(pc.equal(pairs.column("kind"), kind))
+    mine = chosen.slice(0, PAIRS_SHOWN).to_pylist()
     if not mine:
         return ""
-    out = [f"<h3>{escape(title)}</h3><p>{escape(intro)}</p>"] if title else []
+    more = f" The first {len(mine)} of {chosen.num_rows}; all are in pairs.parquet." if chosen.num_rows > len(mine) else ""
+    out = [f"<h3>{escape(title)}</h3><p>{escape(intro)}{more}</p>"] if title else ([f"<p>{more}</p>"] if more else [])
+    tiles = []
     for r in mine:
-        figures = "".join(
-            f"<figure>{img(png, f'{split} {name}', css='sample')}<figcaption>{escape(split)}: {escape(name)}"
-            "</figcaption></figure>"
-            for png, split, name in ((r["query_png"], r["query_split"], r["query_id"]),
-                                     (r["other_png"], r["other_split"], r["other_id"])) if png)
-        out.append(f'<div class="sample"><p>distance {escape(number(r["distance"]))}</p>{figures}</div>')
+        images = "".join(img(png, f"{split} {name}") for png, split, name in (
+            (r["query_png"], r["query_split"], r["query_id"]), (r["other_png"], r["other_split"], r["other_id"])) if png)
+        tiles.append(f'<div class="tile"><div class="pair">{images}</div><div>d {escape(number(r["distance"]))}</div>'
+                     f'<div class="id" title="{escape(r["query_id"])} / {escape(r["other_id"])}">'
+                     f'{escape(r["query_split"])}: {escape(r["query_id"])}</div>'
+                     f'<div class="id">{escape(r["other_split"])}: {escape(r["other_id"])}</div></div>')
+    out.append(f'<div class="grid">{"".join(tiles)}</div>')
     return "\n".join(out)

@@ -8,12 +8,15 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from stats.discriminator import discriminator_summary, ks_auc
 from stats.errors import StatsError
-from stats.html import escape, table
+from stats.html import escape, img, table
+from stats.plots import scores_png, split_colors
 from stats.text import number
 
 DISCRIMINATOR_FILE = "discriminator.parquet"
@@ -61,13 +64,21 @@ def space_section(run_info: dict[str, Any] | None) -> str:
     return "\n".join(parts)
 
 
-def discriminator_section(scores: pa.Table | None, *, a: str = "train", b: str = "val") -> str:
-    """Per split mean score and fraction classified real; KS and AUC of train against val."""
+def discriminator_section(scores: pa.Table | None, colors: dict[str, str] | None = None, *, a: str = "train",
+                          b: str = "val") -> str:
+    """The score histograms per split first; then mean score and fraction classified real, KS and AUC of train
+    against val."""
     if scores is None or scores.num_rows == 0:
         return ""
     summary = discriminator_summary(scores).to_pylist()
     numbers = ks_auc(scores, a=a, b=b)
+    splits = [r["split"] for r in summary]
+    colors = {s: (colors or {}).get(s) or split_colors(splits)[s] for s in splits}
+    per_split = {s: scores.filter(pc.equal(scores.column("split"), s)).column("score").to_numpy().astype(np.float64)
+                 for s in splits}
     parts = ['<section id="discriminator"><h2>Discriminator check</h2>',
+             f'<div class="figures">{img(scores_png(per_split, colors), "discriminator score histograms per split")}'
+             "</div>",
              "<p>The GAN's discriminator scored every image (Brock et al.; &ldquo;GAN Discriminators Don't "
              "Generalize?&rdquo;). A discriminator that calls training images real and held-out images fake has "
              "memorized its training set, which is evidence about the generator trained against it.</p>",

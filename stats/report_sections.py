@@ -1,4 +1,4 @@
-"""Report sections of issue 10 and issue 9: the verdict's rules, the most memorized training images, the search.
+"""Report sections: the verdict's rules, the most memorized training images (grid and table), the search.
 
 Kept apart from stats.report so each file stays readable; they share stats.html's helpers.
 """
@@ -22,6 +22,7 @@ from stats.text import number, ordinal, percent
 
 MAX_LISTED = 100  # flagged images listed in the table (all of them are in ranking.parquet)
 UNFLAGGED_SHOWN = 10  # best-ranked images shown when none is flagged
+MAX_MARKED = 2000  # flagged images marked on the histogram (the most significant first)
 
 
 def confounds_box(reduction: Reduction) -> str:
@@ -68,22 +69,87 @@ def rules_section(reduction: Reduction) -> str:
     )
 
 
-def memorized_section(reduction: Reduction, samples: pa.Table | None) -> str:
-    """"Most memorized training images": the flagged images (or the best-ranked) per pair, with their recoveries."""
+def flagged_marks(reduction: Reduction, errors: dict[str, np.ndarray]
+                  ) -> tuple[tuple[float, str] | None, tuple[np.ndarray, str] | None, str]:
+    """For the first pair: the reference's low quantile the count rule uses, the flagged images' errors, and a
+    sentence saying what the histogram marks."""
+    pairs = reduction.settings.pairs
+    if not pairs or reduction.ranking.num_rows == 0:
+        return None, None, ""
+    a, b = pairs[0]
+    row = next((t for t in reduction.tests.to_pylist() if (t["split_a"], t["split_b"]) == (a, b)), None)
+    threshold, said = None, []
+    k = row.get("low_rank") if row else None
+    if k and b in errors and len(errors[b]) >= k:
+        threshold = (float(np.sort(errors[b])[k - 1]), f"{b}: {ordinal(k)} smallest")
+        said.append(f"dashed, the {ordinal(k)} smallest {escape(b)} error, below which the count rule counts "
+                    f"{escape(a)} images")
+    ranking = reduction.ranking
+    mine = ranking.filter(pc.and_(pc.and_(pc.equal(ranking.column("split"), a), pc.equal(ranking.column("reference"), b)),
+                                  ranking.column("flagged")))
+    flagged = None
+    if mine.num_rows:
+        flagged = (mine.column("error").to_numpy()[:MAX_MARKED].astype(np.float64), a)
+        more = f", the {MAX_MARKED} most significant of {mine.num_rows}" if mine.num_rows > MAX_MARKED else ""
+        said.append(f"ticks on the axis, the flagged {escape(a)} images{more}")
+    return threshold, flagged, ("; " + "; ".join(said)) if said else ""
+
+
+def _pair_rows(reduction: Reduction, a: str, b: str) -> tuple[pa.Table, int]:
+    ranking = reduction.ranking
+    mine = ranking.filter(pc.and_(pc.equal(ranking.column("split"), a), pc.equal(ranking.column("reference"), b)))
+    return mine, int(pc.sum(mine.column("flagged")).as_py() or 0) if mine.num_rows else 0
+
+
+def memorized_grid(reduction: Reduction, samples: pa.Table | None) -> str:
+    """The most memorized training images, target beside recovery, error and q-value under each: the first
+    screen's picture of what the generator reproduces."""
+    if reduction.ranking.num_rows == 0:
+        return ""
+    fdr = reduction.settings.fdr
+    rendered = _rendered(samples)
+    parts = ['<section id="most-memorized"><h2>Most memorized training images</h2>']
+    for a, b in reduction.settings.pairs:
+        mine, n_flagged = _pair_rows(reduction, a, b)
+        if not mine.num_rows:
+            continue
+        drawn = mine.slice(0, reduction.settings.top_images).to_pylist()
+        tiles = [_tile(r, rendered[(a, r["image_id"])]) for r in drawn if (a, r["image_id"]) in rendered]
+        head = (f"{n_flagged} of {mine.num_rows} {escape(a)} images are flagged at q &le; {fdr:g} against {escape(b)}"
+                if n_flagged else f"No {escape(a)} image is flagged at q &le; {fdr:g} against {escape(b)}")
+        shown = (f"; the {len(tiles)} best-ranked, target (left) and recovery (right)." if tiles else
+                 ". No rendered images of these (samples.parquet has no top-ranked recoveries; the job renders them).")
+        listed = min(n_flagged, MAX_LISTED) if n_flagged else min(mine.num_rows, UNFLAGGED_SHOWN)
+        parts.append(f'<p class="note">{head}{shown} Every ranked image is in ranking.parquet; {listed} are listed in '
+                     'the <a href="#memorized">flagged-image table</a>.</p>')
+        if tiles:
+            parts.append(f'<div class="grid">{"".join(tiles)}</div>')
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _tile(row: dict[str, Any], item: SampleImages) -> str:
+    images = "".join(img(png, f"{label} of {item.image_id}") for label, png in (
+        ("target", item.target), ("recovery", item.recovery)) if png is not None)
+    problem = f'<div class="problem">{escape(item.problem)}</div>' if item.problem else ""
+    return (f'<div class="tile"><div class="pair">{images}</div><div>#{row["rank"]} err {escape(number(row["error"]))}'
+            f'</div><div>q {escape(number(row["q_value"], 2))}</div><div class="id" title="{escape(row["image_id"])}">'
+            f"{escape(row['image_id'])}</div>{problem}</div>")
+
+
+def memorized_section(reduction: Reduction) -> str:
+    """The flagged images (or the best-ranked) per pair as a table to sort and search, at most MAX_LISTED rows."""
     ranking = reduction.ranking
     if ranking.num_rows == 0:
         return ""
     fdr = reduction.settings.fdr
     summary = {r["split"]: r for r in reduction.summary.to_pylist()}
-    rendered = _rendered(samples)
-    parts = ['<section id="memorized"><h2>Most memorized training images</h2>']
-    for a, b in reduction.settings.pairs:
-        mine = ranking.filter(pc.and_(pc.equal(ranking.column("split"), a), pc.equal(ranking.column("reference"), b)))
+    parts = ['<section id="memorized"><h2>Flagged images</h2>']
+    for index, (a, b) in enumerate(reduction.settings.pairs):
+        mine, n_flagged = _pair_rows(reduction, a, b)  # flagged rows come first: sorted by p
         if not mine.num_rows:
             continue
-        n_flagged = int(pc.sum(mine.column("flagged")).as_py() or 0)  # flagged rows come first: sorted by p
         listed = mine.slice(0, min(n_flagged, MAX_LISTED) if n_flagged else UNFLAGGED_SHOWN).to_pylist()
-        drawn = listed[: reduction.settings.top_images]
         smallest = summary.get(b, {}).get("min")
         head = (f"{n_flagged} of {mine.num_rows} {escape(a)} images are flagged at q &le; {fdr:g} against {escape(b)}"
                 if n_flagged else f"No {escape(a)} image is flagged at q &le; {fdr:g} against {escape(b)}; the "
@@ -92,16 +158,11 @@ def memorized_section(reduction: Reduction, samples: pa.Table | None) -> str:
                      f"{escape(number(smallest))}, the median {escape(number(summary.get(b, {}).get('mre')))}.</p>")
         parts.append(table(["rank", "image_id", "error", "p", "q", "p from", "flagged"],
                            [[r["rank"], r["image_id"], r["error"], number(r["p_value"], 2), number(r["q_value"], 2),
-                             r["p_method"], "yes" if r["flagged"] else "no"] for r in listed], text_columns=(1, 5, 6)))
+                             r["p_method"], "yes" if r["flagged"] else "no"] for r in listed], text_columns=(1, 5, 6),
+                           table_id=f"flagged-{index}", searchable=True, tall=True))
         if n_flagged > len(listed):
-            parts.append(f"<p>{n_flagged - len(listed)} more flagged images are in ranking.parquet.</p>")
-        shown = [(r, rendered.get((a, r["image_id"]))) for r in drawn]
-        figures = [_memorized_html(r, item) for r, item in shown if item is not None]
-        if figures:
-            parts.extend(figures)
-        else:
-            parts.append("<p>No rendered images of these (samples.parquet has no top-ranked recoveries; "
-                         "the job renders them).</p>")
+            parts.append(f"<p>{n_flagged - len(listed)} more flagged images are not listed here: every ranked image, "
+                         "with its p- and q-value, is in ranking.parquet.</p>")
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -111,18 +172,6 @@ def _rendered(samples: pa.Table | None) -> dict[tuple[str, str], SampleImages]:
         return {}
     check_samples(samples)
     return {(r["split"], str(r["image_id"])): prepare(r) for r in samples.to_pylist() if str(r["rank"]).startswith(TOP)}
-
-
-def _memorized_html(row: dict[str, Any], item: SampleImages) -> str:
-    caption = (f"#{row['rank']}: {row['image_id']} (error {number(row['error'])}, p = {number(row['p_value'], 2)}, "
-               f"q = {number(row['q_value'], 2)})")
-    figures = []
-    for label, png in (("target", item.target), ("recovery", item.recovery), ("|difference|", item.difference)):
-        if png is not None:
-            figures.append(f"<figure>{img(png, f'{label} of {item.image_id}', css='sample')}"
-                           f"<figcaption>{escape(label)}</figcaption></figure>")
-    problem = f'<p class="problem">{escape(item.problem)}</p>' if item.problem else ""
-    return f'<div class="sample"><p>{escape(caption)}</p>{"".join(figures)}{problem}</div>'
 
 
 def search_section(reduction: Reduction, results: pa.Table, rows: dict[str, np.ndarray], colors: dict[str, str],

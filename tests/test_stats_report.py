@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 from html.parser import HTMLParser
@@ -31,6 +32,7 @@ class Page(HTMLParser):
         self.stack: list[str] = []
         self.images: list[str] = []
         self.scripts = 0
+        self.script_sources: list[str] = []
         self.text: list[str] = []
         self.sections: list[str] = []
 
@@ -40,6 +42,8 @@ class Page(HTMLParser):
             self.images.append(attrs["src"])
         if tag == "script":
             self.scripts += 1
+            if attrs.get("src"):
+                self.script_sources.append(attrs["src"])
         if tag == "section":
             self.sections.append(attrs.get("id"))
         if tag not in self.VOID:
@@ -122,7 +126,7 @@ def test_report_is_valid_self_contained_html_with_the_verdict():
             "reason": [f"cannot identify {EVIL}", "truncated"],
         }
     )
-    run_info = {"config": {"stats": {"alpha": 0.01, "note": EVIL}}, "fingerprint": "abc"}
+    run_info = {"config": {"stats": {"alpha": 0.01, "note": EVIL}, "run": {"model": EVIL}}, "fingerprint": "abc"}
     reduction = reduce(results, rejects)
     document = render_report(reduction, results=results, rejects=rejects, samples=make_samples(), run_info=run_info)
     page = parse(document)
@@ -130,9 +134,15 @@ def test_report_is_valid_self_contained_html_with_the_verdict():
 
     assert reduction.verdict.sentence in text
     assert text.index(reduction.verdict.sentence) < text.index("Statistics")  # verdict first
-    assert page.sections == ["verdict", "statistics", "rules", "memorized", "distributions", "convergence", "samples",
-                             "rejects", "provenance"]
-    assert page.scripts == 0 and EVIL not in document and "&lt;script&gt;alert(1)&lt;/script&gt;" in document
+    # First screen: verdict, the figure, the most memorized images, the reasons; the rest folded below.
+    assert page.sections == ["verdict", "distributions", "most-memorized", "reasons", "statistics", "rules", "memorized",
+                             "convergence", "samples", "rejects", "provenance"]
+    assert document.index('id="distributions"') < document.index("<img") < document.index('id="statistics"')
+    assert document.count('<details class="fold">') >= 7  # every section after the reasons can be folded
+    assert page.scripts == 1 and page.script_sources == []  # one inline script: sorting and filtering, no fetch
+    assert EVIL not in document and "&lt;script&gt;alert(1)&lt;/script&gt;" in document
+    # The header says what was audited; the model name comes from run.json and is escaped there too.
+    assert f"<dt>model</dt><dd>{html.escape(EVIL)}</dd>" in document and "<dt>data snapshot</dt>" in document
     assert EVIL in text  # shown to the reader as text
     assert "http" not in "".join(page.images)  # nothing fetched from elsewhere
     for src in page.images:
@@ -147,7 +157,8 @@ def test_report_is_valid_self_contained_html_with_the_verdict():
 def test_report_without_traces_samples_rejects_or_run_info():
     results = make_results(with_traces=False)
     page = parse(render_report(reduce(results), results=results))
-    assert page.sections == ["verdict", "statistics", "rules", "memorized", "distributions", "provenance"]
+    assert page.sections == ["verdict", "distributions", "most-memorized", "reasons", "statistics", "rules", "memorized",
+                             "provenance"]
     assert len(page.images) == 2
     text = "".join(page.text)
     assert "No rendered images of these" in text
@@ -243,9 +254,9 @@ def test_most_memorized_section_shows_the_flagged_images_with_p_and_q():
     assert "Most memorized training images" in text
     assert f"{len(flagged)} of 60 train images are flagged at q" in text
     assert "For scale: the smallest val error is" in text
-    assert f"#1: train-0 (error 1e-05, p = " in text
-    # 2 distributions + target, recovery, difference for each flagged image
-    assert len(page.images) == 2 + 3 * len(flagged)
+    assert "#1 err 1e-05" in text and "train-0" in text
+    # 2 distributions + target and recovery of each flagged image, in the first screen's grid
+    assert len(page.images) == 2 + 2 * len(flagged)
     assert reduction.verdict.sentence.startswith(f"Memorization: {len(flagged)} training images are reproduced far")
     assert "top-1" not in text  # drawn under "Most memorized", not with best/median/worst
 
