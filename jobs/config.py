@@ -40,7 +40,8 @@ DEFAULT_OUTPUT = "memaudit-out"  # under the current directory, when neither --o
 DEMO_CONFIG = Path(__file__).resolve().parent / "assets" / "demo.yaml"  # `memaudit audit` with no --config
 GENERATED = "generated"  # the split sampled from the generator itself (DESIGN §1)
 AUTO = "auto"  # targets.shard_size: sized by jobs.plan from the planned images
-SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # used in paths (split=<name>) and shard ids
+SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # fullmatch: used in paths (split=<name>) and shard ids
+NAME_MAX = 255  # bytes in one file or folder name on common filesystems (ext4, xfs, APFS) and in an S3 key segment
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -374,8 +375,24 @@ def _run(raw: Any) -> RunConfig:
     for key, value in tags.items():
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"run.tags.{key}: expected text or a number, got {shown(value)}")
-    return RunConfig(model=convert(str | None, raw.get("model"), "run.model"),
-                     tags={str(k): str(v) for k, v in tags.items()})
+    model = convert(str | None, raw.get("model"), "run.model")
+    if model is not None:
+        _check_model_name(model)
+    return RunConfig(model=model, tags={str(k): str(v) for k, v in tags.items()})
+
+
+def _check_model_name(model: str) -> None:
+    """run.model becomes the folder `model=<name, percent-encoded>` of output.history: a name longer than a folder
+    name may be would fail the append after the whole audit ran ("File name too long")."""
+    from urllib.parse import quote
+
+    folder = f"model={quote(model, safe='')}"  # as stats.history.append names it
+    if not model.strip():
+        raise ConfigError("run.model: empty; give the model's name or leave run.model unset")
+    if len(folder.encode()) > NAME_MAX:
+        raise ConfigError(f"run.model: {len(model)} characters ({len(folder.encode())} bytes as the history's folder "
+                          f"model=<name>); a folder name holds at most {NAME_MAX} bytes: shorten it "
+                          "(put details in run.tags)")
 
 
 def _targets(raw: Any) -> TargetsConfig:
@@ -384,9 +401,13 @@ def _targets(raw: Any) -> TargetsConfig:
     for name, value in raw.items():
         if name in TARGET_KEYS:
             continue
-        at = f"targets.{name}"
-        if not isinstance(name, str) or not SPLIT_NAME.match(name):
-            raise ConfigError(f"{at}: a split name must be letters, digits, '_', '-' or '.' (it is used in paths)")
+        at = f"targets.{name}" if isinstance(name, str) and name.isprintable() else f"targets: split {name!r}"
+        if not isinstance(name, str) or not SPLIT_NAME.fullmatch(name):  # fullmatch: '$' would pass "val\n"
+            raise ConfigError(f"{at}: a split name must be letters, digits, '_', '-' or '.' (it is used in paths), "
+                              f"got {name!r}")
+        if len(f"split={name}") > NAME_MAX - 16:  # room for the split=<name> folder beside a part's suffixes
+            raise ConfigError(f"{at[:80]}...: a split name must be at most {NAME_MAX - 22} characters "
+                              f"(it becomes the folder split=<name>), got {len(name)}")
         if isinstance(value, (str, Mapping)):
             value = [value]  # one source may be given without the list
         if not isinstance(value, list) or not value:

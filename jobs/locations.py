@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 from fsspec.core import split_protocol
 
+from stats.storage import is_glob
+
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -40,20 +42,30 @@ def check_locations(config: "AuditConfig") -> None:
 
 
 def _check_output_outside_sources(config: "AuditConfig") -> None:
-    """An output that a source's glob reads (its folder, or below it for a recursive '**' glob) would feed the
-    audit's own parts and tables back in as images on the next run; refuse it, naming the source."""
-    out = config.output.rstrip("/") + "/"
-    for split, sources in config.targets.splits.items():
-        for i, src in enumerate(sources):
-            uri = src.uri
-            cut = min((uri.find(c) for c in "*?[" if c in uri), default=-1)
-            if cut < 0:
-                continue
-            folder = uri[:cut].rsplit("/", 1)[0] + "/"  # the glob's static folder
-            recursive = "**" in uri
-            if out == folder or (recursive and out.startswith(folder)):
-                raise ConfigError(f"output: {config.output} is read by targets.{split}[{i}].uri ({uri}); the audit's own "
-                                  "files would become its inputs: put the output elsewhere")
+    """An output (or output.history) that a source reads would feed the audit's own parts and tables back in as
+    images on the next run: a glob's folder (or below it for a recursive '**' glob), a folder source itself or
+    a folder inside it, or a folder that holds a source (--overwrite would clean up around the data). Refused,
+    naming the source."""
+    for field, place in (("output", config.output), ("output.history", config.history)):
+        if not place:
+            continue
+        out = place.rstrip("/") + "/"
+        for split, sources in config.targets.splits.items():
+            for i, src in enumerate(sources):
+                if _reads(src.uri, out):
+                    raise ConfigError(f"{field}: {place} is read by targets.{split}[{i}].uri ({src.uri}); the audit's "
+                                      "own files would become its inputs: put it elsewhere")
+
+
+def _reads(uri: str, out: str) -> bool:
+    """Whether a source `uri` (a file, a folder or a glob) reads or holds the folder `out` (ending in '/')."""
+    if is_glob(uri):
+        cut = min((uri.find(c) for c in "*?[" if c in uri), default=-1)
+        folder = uri[:cut].rsplit("/", 1)[0] + "/"  # the glob's static folder
+        return out == folder or ("**" in uri and out.startswith(folder))
+    plain = uri.split("?", 1)[0] if split_protocol(uri)[0] in ("http", "https") else uri
+    folder = plain.rstrip("/") + "/"  # a folder source, or a file (no folder lies inside a file)
+    return out.startswith(folder) or folder.startswith(out)
 
 
 def _check_output_root(output: str) -> None:

@@ -25,16 +25,44 @@ PATH_KEYS += (("output", "path"), ("output", "history"))  # output: {path, histo
 TARGET_KEYS = ("generated", "limit", "limit_seed", "shard_size", "upscale")  # reserved under targets; every other key is a split
 
 
+MAX_DEPTH = 64  # nesting levels of YAML collections: an audit config needs about 5; the composer recurses per level
+
+
 class NoAliasLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses aliases (`*name`): an audit config never needs them, and nested aliases
-    ("billion laughs") expand to more objects than memory holds while the file stays a few hundred bytes."""
+    """yaml.SafeLoader that refuses what an audit config never needs and what would harm it:
+    aliases (`*name`: nested aliases, "billion laughs", expand to more objects than memory holds while the
+    file stays a few hundred bytes), a key given twice in one mapping (YAML keeps the last one, so a second
+    `train:` would silently drop the first split's sources), and collections nested deeper than MAX_DEPTH
+    (the composer recurses once per level: 100,000 `[` would end in RecursionError)."""
 
     def compose_node(self, parent, index):  # type: ignore[override]
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.YAMLError(f"aliases (*{event.anchor}) are not allowed in an audit config "
                                  f"(line {event.start_mark.line + 1}); write the value out")
-        return super().compose_node(parent, index)
+        depth = getattr(self, "_depth", 0)
+        if depth >= MAX_DEPTH:
+            line = self.peek_event().start_mark.line + 1
+            raise yaml.YAMLError(f"collections nested deeper than {MAX_DEPTH} levels (line {line}); "
+                                 "an audit config needs only a few")
+        self._depth = depth + 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth = depth
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[override]
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue  # a collection as a key: the base constructor refuses it (unhashable)
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.YAMLError(f"the key {key!r} appears twice in one mapping (line {seen[key]}, again on line {line}); "
+                                     "YAML would silently keep only the last: merge them into one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def read_raw(path: Path, *, overrides: list[str] | tuple[str, ...], out: str | None, cwd: str, default_output: str,
