@@ -101,8 +101,10 @@ def record_or_fail(config: Any, outcome: Any, code: int) -> int:
         record_history(config, outcome)
     except Exception as exc:  # noqa: BLE001 - any failure here leaves a finished audit without its row
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())
-        log.error("the audit finished (%s) but appending to the history %s failed: %s. Run the same command "
-                  "again to append it: every shard is done, so it only reduces and appends.",
-                  outcome.reduction.verdict.label, config.history, reason)
+        outage = isinstance(exc, storage.StorageError) or storage.transient(exc)  # an outage that outlasted the retries
+        again = ("Run the same command again to append it" if outage else
+                 "Running the same command again fails the same way: fix that first, then run it again")
+        log.error("the audit finished (%s) but appending to the history %s failed: %s. %s: every shard is done, so "
+                  "it only reduces and appends.", outcome.reduction.verdict.label, config.history, reason, again)
         return ERROR
     return code
