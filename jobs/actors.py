@@ -187,7 +187,8 @@ class AuditActor:
         settings = replace(config.recovery, keep_latent=True, batch_size=self.batch_size)
         if settings.start_cap == "auto" and start_cap is not None and not shard.generated:
             settings = replace(settings, start_cap=start_cap)
-        table = recovery.recover(self.generator, targets, ids, settings=settings,
+        search = recovery.audit_diffusion if recovery.is_diffusion(self.generator) else recovery.recover
+        table = search(self.generator, targets, ids, settings=settings,
                                  feature_net=self.feature_net, encoder=self._encoder(), labels=labels,
                                  progress=self._progress_for(shard.id, len(ids)))  # targets [N, C, H, W]
         table = models.add_scores(table, self.discriminator, targets, labels, config)

@@ -17,6 +17,7 @@ YAML values become dataclasses through jobs.typed, which puts the dotted name in
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -326,6 +327,8 @@ def build_config(raw: Mapping, *, base_dir: str, config_path: str | None = None)
     recovery_raw = dict(recovery_raw)  # feature_net is the job's (a URL to load), not the search's: taken out here
     feature_net = convert(str | None, recovery_raw.pop("feature_net", None), "recovery.feature_net")
     recovery = convert(RecoverySettings, recovery_raw, "recovery")
+    if generator.diffusers:  # a diffusion model is not searched (recovery.diffusion_stats): no learned start, no cap
+        recovery = dataclasses.replace(recovery, start="prior", start_cap=None)
     if recovery.loss == "features" and not feature_net:
         raise ConfigError("recovery.feature_net: loss: features needs a TorchScript feature network URL")
     if feature_net and recovery.loss != "features":

@@ -33,7 +33,7 @@ def settings_hash(config: "AuditConfig") -> str:
     """sha256 of the fingerprinted config sections (see the module docstring)."""
     targets = targets_section(config)
     generator = plain(config.generator)
-    for key in ("torchscript", "checkpoint", "pickle"):
+    for key in ("torchscript", "checkpoint", "pickle", "diffusers"):
         if isinstance(generator.get(key), dict):  # a style-based generator's {mapping, synthesis}
             generator[key] = {k: config.identity(v) for k, v in generator[key].items()}
         elif generator.get(key):

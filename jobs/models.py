@@ -162,7 +162,7 @@ def result_columns(config: "AuditConfig") -> tuple[str, ...]:
 def generator_url(spec) -> str:
     """The URL whose store options load the generator: its TorchScript (the mapping's, for a pair), pickle or checkpoint."""
     script = spec.torchscript["mapping"] if isinstance(spec.torchscript, dict) else spec.torchscript
-    return script or spec.pickle or spec.checkpoint or ""
+    return script or spec.pickle or spec.checkpoint or spec.diffusers or ""
 
 
 def search_info(generator) -> dict:

@@ -20,7 +20,7 @@ from stats.storage import resolve_local
 PATH_KEYS = (("generator", "torchscript"), ("generator", "checkpoint"), ("recovery", "feature_net"), ("output",),
              ("generator", "pickle"), ("generator", "torchscript", "mapping"), ("generator", "torchscript", "synthesis"),
              ("discriminator", "torchscript"), ("discriminator", "checkpoint"), ("discriminator", "pickle"),
-             ("features", "net"))
+             ("features", "net"), ("generator", "diffusers"))
 PATH_KEYS += (("output", "path"), ("output", "history"))  # output: {path, history} (issue 14)
 TARGET_KEYS = ("generated", "limit", "limit_seed", "shard_size", "upscale")  # reserved under targets; every other key is a split
 

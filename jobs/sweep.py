@@ -33,7 +33,7 @@ from .plan import Plan, make_plan, sized
 from .targets import TargetCache, data_key
 
 log = logging.getLogger("memaudit")
-SWEEP_FIELDS = ("torchscript", "checkpoint", "pickle")
+SWEEP_FIELDS = ("torchscript", "checkpoint", "pickle", "diffusers")  # diffusers: a glob of save_pretrained folders
 
 
 def sweep_field(config: AuditConfig) -> str | None:

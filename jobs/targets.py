@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from .plan import Plan, Shard
 
 log = logging.getLogger("memaudit")
-VERSION = "memaudit.targets/1"  # bump when to_target's output for the same bytes changes
+VERSION = "memaudit.targets/2"  # bump when to_target's output for the same bytes changes
 
 
 @dataclass

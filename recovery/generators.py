@@ -310,6 +310,10 @@ def _takes(module: nn.Module, name: str) -> bool:
 def load_generator(spec: GeneratorSpec, *, device: str | torch.device | None = None, storage_options: dict | None = None) -> LoadedGenerator:
     """Build, freeze and check the generator a spec names; every problem is a RecoveryError naming it."""
     device = torch.device(device) if device is not None else default_device()
+    if spec.diffusers:  # a diffusion model: its own loader and check (recovery/diffusion.py)
+        from .diffusion import load_diffusion
+
+        return load_diffusion(spec, device=device, storage_options=storage_options)
     module, name = _build(spec, storage_options)
     return _finish(_freeze(module, device), spec, name, device)
 

@@ -25,18 +25,22 @@ from .errors import ImageError
 Image.MAX_IMAGE_PIXELS = 1 << 28  # refuse decompression bombs, keep large photos
 
 
+MAX_DECODED_BYTES = 500_000_000  # width x height x channels x bytes per sample, read from the header
+# A 16-bit PNG's rawmode (what Pillow unpacks into 8 bits, keeping the high bytes) -> the rawmode
+# that keeps the low bytes instead: decoding twice gives all 16 bits at C speed.
+_LOW_BYTES = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
+
+
 def _decode(data: bytes) -> np.ndarray:
     """Bytes -> HxWxC float32 array in [0, 1] (C = 1 or 3)."""
     if not data:
         raise ImageError("empty image bytes")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            img.load()
-    except Exception as e:  # noqa: BLE001 - any decoder failure is a reject with its reason
-        kind = "truncated or corrupt image" if isinstance(e, OSError) and "truncated" in str(e).lower() else "not a decodable image"
-        raise ImageError(f"{kind}: {type(e).__name__}: {e}") from None
+    img = _open(data)
+    _check_decoded_size(img)
+    wide = _png16(data, img)
+    if wide is not None:
+        return wide
+    _load(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
@@ -46,6 +50,75 @@ def _decode(data: bytes) -> np.ndarray:
     if img.mode in ("1", "L", "LA"):
         return np.asarray(img.convert("L"), dtype=np.float32)[..., None] / 255.0
     return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def _open(data: bytes) -> Image.Image:
+    """The image's header only (Pillow decodes lazily); a decoder failure is an ImageError with its reason."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except Exception as e:  # noqa: BLE001 - any decoder failure is a reject with its reason
+        raise ImageError(f"not a decodable image: {type(e).__name__}: {e}") from None
+
+
+def _load(img: Image.Image) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img.load()
+    except Exception as e:  # noqa: BLE001 - any decoder failure is a reject with its reason
+        kind = "truncated or corrupt image" if isinstance(e, OSError) and "truncated" in str(e).lower() else "not a decodable image"
+        raise ImageError(f"{kind}: {type(e).__name__}: {e}") from None
+    return img
+
+
+def _rawmode(img: Image.Image) -> str:
+    """How the file stores its pixels, as Pillow names it ('RGB;16B': RGB, 16 bits big-endian); '' if unknown."""
+    tile = img.tile[0] if getattr(img, "tile", None) and len(img.tile) == 1 else None
+    args = tile[3] if tile is not None else None
+    return args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args and isinstance(args[0], str) else ""
+
+
+def _check_decoded_size(img: Image.Image) -> None:
+    """Refuse, from the header alone, an image whose decoded samples would exceed MAX_DECODED_BYTES.
+
+    The pixel limit alone lets a 16000 x 16000 16-bit RGB image through (1.5 GB decoded, several
+    GB while it is converted): one such image can take an actor's memory, so its size is
+    counted before any decoding, in bytes, not pixels.
+    """
+    width, height = img.size
+    wide = ";16" in _rawmode(img) or img.mode.startswith("I;16")
+    bits = 16 if wide else 32 if img.mode in ("I", "F") else 8
+    channels = 2 if _rawmode(img).startswith("LA;16") else len(img.getbands())
+    need = width * height * channels * bits // 8
+    if need > MAX_DECODED_BYTES:
+        raise ImageError(
+            f"image is {width}x{height} with {channels} channels of {bits} bits: {need / 1e9:.2f} GB decoded, above the "
+            f"limit of {MAX_DECODED_BYTES / 1e9:.2f} GB; downscale it before the audit"
+        )
+
+
+def _png16(data: bytes, img: Image.Image) -> np.ndarray | None:
+    """A 16-bit color or gray+alpha PNG at its full precision as HxWxC float32 in [0, 1]; None for other images.
+
+    Pillow unpacks 16-bit RGB(A) into 8-bit "RGB"/"RGBA", keeping the high bytes. Its PNG
+    decoder undoes the row filters before unpacking, so the same file decoded again with the
+    little-endian rawmode yields the low bytes, and high * 256 + low is the stored value.
+    Gray+alpha (4 bytes a pixel) is unpacked as 8-bit RGBA: R and G are the gray's two bytes.
+    """
+    rawmode = _rawmode(img) if img.format == "PNG" else ""
+    if rawmode == "LA;16B":
+        img.tile = [img.tile[0]._replace(args="RGBA")]
+        px = np.asarray(_load(img), dtype=np.uint16)  # [H, W, 4]: gray high, gray low, alpha high, alpha low
+        return ((px[..., :1] << 8 | px[..., 1:2]) / 65535.0).astype(np.float32)
+    if rawmode not in _LOW_BYTES:
+        return None
+    high = np.asarray(_load(img), dtype=np.uint16)[..., :3]  # [H, W, 3]
+    again = _open(data)
+    again.tile = [again.tile[0]._replace(args=_LOW_BYTES[rawmode])]
+    low = np.asarray(_load(again), dtype=np.uint16)[..., :3]
+    return ((high << 8 | low) / 65535.0).astype(np.float32)  # alpha dropped, as for 8-bit images
 
 
 def _from_array(arr: np.ndarray) -> np.ndarray:

@@ -4,12 +4,15 @@ custom-named outputs in compare and history, unreadable history files, 16-bit an
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from recovery import ImageError, to_target
 from stats import reduce
 from stats.history import append, history_row, read_history
 from stats.history_cli import compare_main, history_main
@@ -101,3 +104,40 @@ def test_one_bad_history_file_is_named_and_the_other_runs_still_show(tmp_path, c
     captured = capsys.readouterr()
     assert "model glo: 2 runs" in captured.out
     assert "run-0badf11e0badf11e.parquet" in captured.err and "skipped" in captured.err
+
+
+def png16(arr: np.ndarray, *, sub_filter: bool = True, size: tuple[int, int] | None = None) -> bytes:
+    """A 16-bit PNG (gray, gray+alpha, RGB or RGBA by the channel count), each row Sub-filtered; Pillow cannot
+    write one. ``size`` overrides the header's width x height (a header that claims more than the data holds)."""
+    h, w, c = arr.shape
+    rows = []
+    for y in range(h):
+        raw = np.frombuffer(arr[y].astype(">u2").tobytes(), np.uint8).astype(np.int32)
+        if sub_filter:  # each byte minus the byte one pixel to its left, mod 256: decoders must undo it per pixel
+            raw[2 * c:] = (raw[2 * c:] - raw[:-2 * c]) % 256
+        rows.append(bytes([1 if sub_filter else 0]) + raw.astype(np.uint8).tobytes())
+    color = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    width, height = size or (w, h)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, color, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"".join(rows))) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_a_16_bit_png_keeps_its_16_bits(channels):
+    rng = np.random.default_rng(channels)
+    arr = rng.integers(0, 65536, (6, 7, channels), dtype=np.uint16)
+    gray = channels in (1, 2)
+    target = to_target(png16(arr), shape=(1 if gray else 3, 6, 7), output_range=(0.0, 1.0))  # [C, 6, 7]
+    expected = arr[..., :1] if gray else arr[..., :3]  # alpha dropped
+    np.testing.assert_allclose(target.permute(1, 2, 0).numpy(), expected / 65535.0, rtol=0, atol=1e-7)
+
+
+def test_an_image_too_large_to_decode_is_refused_from_its_header():
+    # 15000 x 15000 RGB at 16 bits: under the pixel limit, but 1.35 GB decoded. The data is not even there:
+    # the header alone must decide, before any decoding.
+    data = png16(np.zeros((2, 2, 3), np.uint16), size=(15000, 15000))
+    with pytest.raises(ImageError, match=r"15000x15000.*3 channels of 16 bits.*1\.35 GB.*limit"):
+        to_target(data, shape=(3, 64, 64))
