@@ -17,6 +17,8 @@ from .recover import batch_size_for, generated_labels, recover, render, sample_g
 from .settings import ClassesSpec, GeneratorSpec, LatentSpec, OperatorSpec, RecoverySettings
 
 __all__ = [
+    "audit_diffusion",
+    "is_diffusion",
     "ClassesSpec",
     "Encoder",
     "GeneratorSpec",
