@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import RecoveryError
-from .generators import _freeze, _load_checkpoint, _load_scripted, _read_bytes
+from .errors import RecoveryError, own_message
+from .generators import _freeze, _import_factory, _load_checkpoint, _load_scripted, _read_bytes
 from .settings import ClassesSpec, GeneratorSpec
 from .style import load_pickle
 
@@ -96,13 +96,11 @@ def _build(spec: DiscriminatorSpec, storage_options: dict | None) -> tuple[nn.Mo
     if spec.torchscript:
         data = _read_bytes(spec.torchscript, "discriminator.torchscript", storage_options)
         return _load_scripted(data, spec.torchscript, "discriminator.torchscript"), spec.torchscript
-    import importlib
-
-    mod_name, _, attr = spec.factory.partition(":")
+    factory = _import_factory(spec.factory, "discriminator.factory")
     try:
-        module = getattr(importlib.import_module(mod_name), attr)(**spec.kwargs)
-    except (ImportError, AttributeError, TypeError) as e:
-        raise RecoveryError(f"discriminator.factory: cannot build {spec.factory!r}: {e}") from None
+        module = factory(**spec.kwargs)
+    except Exception as e:  # noqa: BLE001 - the user's constructor failed: its error, named, not a traceback
+        raise RecoveryError(f"discriminator.factory: cannot build {spec.factory!r}: {type(e).__name__}: {own_message(e)}") from None
     if spec.checkpoint:
         gspec = GeneratorSpec(factory=spec.factory, checkpoint=spec.checkpoint, checkpoint_key=spec.checkpoint_key,
                               trust_checkpoint=spec.trust_checkpoint)

@@ -181,16 +181,15 @@ def _build(spec: GeneratorSpec, storage_options: dict | None) -> tuple[nn.Module
             raise RecoveryError(f"generator.builtin: {spec.builtin!r} is not one of {', '.join(sorted(BUILTINS))}")
         factory, name = BUILTINS[spec.builtin], f"builtin {spec.builtin}"
     else:
-        mod_name, _, attr = spec.factory.partition(":")
-        try:
-            factory = getattr(importlib.import_module(mod_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise RecoveryError(f"generator.factory: cannot import {spec.factory!r}: {e}") from None
-        name = f"factory {spec.factory}"
+        factory, name = _import_factory(spec.factory), f"factory {spec.factory}"
     try:
         module = factory(**spec.kwargs)
     except TypeError as e:
         raise RecoveryError(f"generator.kwargs: {name} rejected its kwargs: {e}") from None
+    except Exception as e:  # noqa: BLE001 - the user's constructor failed: its error, named, not a traceback
+        field = "generator.factory" if spec.factory else "generator.builtin"
+        raise RecoveryError(f"{field}: {name} raised {type(e).__name__}: {own_message(e)} when built with "
+                            f"generator.kwargs {dict(spec.kwargs)}") from None
     if isinstance(module, tuple) and len(module) == 2 and all(isinstance(m, nn.Module) for m in module):
         module = StyleParts(*module)  # a factory returning (mapping, synthesis)
     if not isinstance(module, nn.Module):
@@ -202,6 +201,23 @@ def _build(spec: GeneratorSpec, storage_options: dict | None) -> tuple[nn.Module
         except RuntimeError as e:
             raise RecoveryError(f"generator.checkpoint: {spec.checkpoint} does not fit {name}: {' '.join(str(e).split())[:400]}") from None
     return module, name
+
+
+def _import_factory(path: str, field: str = "generator.factory"):
+    """`package.module:callable` -> the callable (`field`: the config field that names it, for errors). Any failure of the user's module (a missing package, a syntax
+    error, an exception at import time) is a RecoveryError naming the factory and the cause, not a traceback."""
+    mod_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(mod_name)
+    except SyntaxError as e:
+        raise RecoveryError(f"{field}: cannot import {path!r}: SyntaxError in {e.filename}, line {e.lineno}: "
+                            f"{e.msg}") from None
+    except Exception as e:  # noqa: BLE001 - ImportError, or whatever the module's own top level raised
+        raise RecoveryError(f"{field}: cannot import {path!r}: {type(e).__name__}: {own_message(e)}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise RecoveryError(f"{field}: {path!r}: module {mod_name!r} has no attribute {attr!r}") from None
 
 
 def _freeze(module: nn.Module, device: torch.device) -> nn.Module:
@@ -235,6 +251,11 @@ def _check(g: LoadedGenerator, name: str) -> tuple[int, int, int]:
     except RecoveryError:
         raise
     except Exception as e:  # noqa: BLE001 - a generator that cannot take its own latent is refused here
+        if g.num_classes and _unconditional_runs(g, z):
+            raise RecoveryError(
+                f"generator.classes: {name} takes no class input: G(z) runs on latents {list(z.shape)}, but G(z, c) "
+                f"with the {g.num_classes} classes of generator.classes fails ({own_message(e)}); remove "
+                "generator.classes for an unconditional generator") from None
         hint = "generator.latent.shape" + ("" if g.num_classes else "; a conditional G(z, c) needs generator.classes")
         raise RecoveryError(
             f"generator ({name}): forward pass on a latent batch of shape {list(z.shape)} failed: "
@@ -264,6 +285,16 @@ def _check(g: LoadedGenerator, name: str) -> tuple[int, int, int]:
             "recovery needs each image independent of its neighbours"
         )
     return tuple(int(s) for s in x.shape[1:])  # type: ignore[return-value]
+
+
+def _unconditional_runs(g: LoadedGenerator, z: torch.Tensor) -> bool:
+    """Whether G runs on latents alone: then generator.classes, not the latent, is what broke G(z, c)."""
+    try:
+        with torch.no_grad():
+            g.module(z)
+    except Exception:  # noqa: BLE001 - G(z) fails too: the latent (or G) is at fault, not the classes
+        return False
+    return True
 
 
 def _style(module: nn.Module, spec: GeneratorSpec, name: str, device: torch.device) -> LoadedGenerator:
