@@ -233,7 +233,7 @@ def render_comparison(comparison: RunComparison, out_a: str, out_b: str, *, info
     """compare.html in the report's look: the per-image change figure first, then side by side and the tests."""
     from stats.html import escape, img, table
     from stats.plots import distribution_png, split_colors
-    from stats.report_page import audit_fields, fold, header, page, toc
+    from stats.report_page import audit_fields, fold, header, page, toc, today, version
 
     splits = list(dict.fromkeys(comparison.images.column("split").to_pylist()))
     ratios = {s: comparison.images.filter(pc.equal(comparison.images.column("split"), s)).column("log10_ratio")
@@ -260,8 +260,12 @@ def render_comparison(comparison: RunComparison, out_a: str, out_b: str, *, info
         + table(["image_id", "error A", "error B", "log10(B/A)"], rows, table_id="newly", searchable=True, tall=True)
         + "</section>",
     ]
-    fields = [("A", out_a), *((f"A {k}", v) for k, v in audit_fields(info_a, None)[:5] if k != "data snapshot"),
-              ("B", out_b), *((f"B {k}", v) for k, v in audit_fields(info_b, None)[:5] if k != "data snapshot")]
+    def run_fields(name: str, out: str, info: dict[str, Any] | None) -> list[tuple[str, object]]:
+        shown = ("model", "generator sha256", "plan", "audited")
+        return [(name, out), *((f"{name} {k}", v) for k, v in audit_fields(info, None) if k in shown)]
+
+    fields = [*run_fields("A", out_a, info_a), *run_fields("B", out_b, info_b), ("memaudit", version()),
+              ("page made", today())]
     verdicts = (f'<p class="verdict {escape(comparison.b.verdict.label.replace(" ", "-"))}">A: '
                 f"{escape(comparison.a.verdict.label)}; B: {escape(comparison.b.verdict.label)}. "
                 f"{new.num_rows} training images flagged in B and not in A.</p>")
