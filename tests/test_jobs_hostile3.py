@@ -215,6 +215,22 @@ def test_a_latent_too_large_to_allocate_is_refused_naming_the_field(tmp_path, ti
     _one_line_error(code, text, "generator.latent.shape", "GB")
 
 
+def test_the_latent_memory_check_counts_the_search_state(tiny_generator, tiny_data):
+    import dataclasses
+
+    from jobs.config import build_config
+    from jobs.errors import ConfigError
+    from jobs.preflight import check_latent_memory
+
+    raw = tiny_config(tiny_generator, targets=_train(tiny_data), output="/tmp/o")
+    config = build_config(raw, base_dir="/tmp")
+    check_latent_memory(config, memory=10**9)  # [8]: nothing to say
+    big = dataclasses.replace(config.generator, latent=dataclasses.replace(config.generator.latent, shape=(1_000_000,)))
+    check_latent_memory(dataclasses.replace(config, generator=big), memory=10**9)  # 4 MB x 66 copies: fits in 1 GB / 2
+    with pytest.raises(ConfigError, match=r"generator.latent.shape: .*one image's search state needs 0.264 GB"):
+        check_latent_memory(dataclasses.replace(config, generator=big), memory=4 * 10**8)
+
+
 def test_classes_on_an_unconditional_generator_blames_classes(tmp_path, tiny_generator, tiny_data, capsys):
     raw = tiny_config(tiny_generator, targets=_train(tiny_data))
     raw["generator"]["classes"] = {"names": ["cat", "dog"], "encoding": "one_hot"}
