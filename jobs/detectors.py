@@ -14,7 +14,6 @@ detectors.parquet, ct_cells.parquet, birthday.parquet) and has one actor render 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from typing import Any
@@ -28,7 +27,7 @@ from .errors import JobError
 from .config import GENERATED
 from .raylink import reason
 from .features import (TASKS, ImageRef, KnnBlock, features_key, features_url, knn_key, knn_url, read_features, read_table,
-                       to_bytes, to_matrix)
+                       to_matrix)
 
 log = logging.getLogger("memaudit")
 
@@ -92,7 +91,7 @@ def run_detectors(pool, config, plan, results: pa.Table, *, generator=None):
                         ("ct_cells.parquet", found.cells), ("birthday.parquet", found.birthday),
                         ("pairs.parquet", pairs)):
         if table is not None:
-            storage.put_atomic(storage.join(out, name), to_bytes(table), endpoint)
+            storage.put_atomic(storage.join(out, name), storage.parquet_bytes(table), endpoint)
     fired = [r["detector"] for r in found.table.to_pylist() if r["fired"]]
     log.info("detectors done in %.1fs; fired: %s", time.time() - started, ", ".join(fired) or "none")
     return files
@@ -118,7 +117,7 @@ def _blocks(shards: list, urls: list[str], queries: tuple[str, ...], rows: int) 
         size += shard.size
     if current:
         blocks.append(current)
-    return [KnnBlock(hashlib.sha1("|".join(i for i, _ in b).encode()).hexdigest()[:16], tuple(u for _, u in b), queries)
+    return [KnnBlock(storage.cache_key([i for i, _ in b]), tuple(u for _, u in b), queries)
             for b in blocks]
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import json
 
 from stats import storage
 from .config import AuditConfig
@@ -31,7 +30,7 @@ def resolve_start(config: AuditConfig, images: int) -> tuple[AuditConfig, str]:
 
 
 def encoder_key(generator, config: AuditConfig) -> str:
-    """sha256 (16 hex) of G's parameters and buffers, its latent and range, and the encoder's settings."""
+    """The cache key (stats.storage.cache_key) of G's parameters and buffers, its latent and range, and the encoder's settings."""
     import torch
 
     digest = hashlib.sha256()
@@ -39,10 +38,9 @@ def encoder_key(generator, config: AuditConfig) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     rec = config.recovery
-    digest.update(json.dumps({"latent": list(generator.latent.shape), "prior": generator.latent.prior,
+    return storage.cache_key({"latent": list(generator.latent.shape), "prior": generator.latent.prior,
                               "range": list(generator.spec.output_range), "resolution": rec.resolution,
-                              "steps": rec.encoder_steps, "seed": rec.seed}, sort_keys=True).encode())
-    return digest.hexdigest()[:16]
+                              "steps": rec.encoder_steps, "seed": rec.seed}, digest)
 
 
 def encoder_url(out: str, key: str) -> str:

@@ -12,9 +12,6 @@ that exist. An image that could not be read or decoded has no feature row (it is
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,16 +48,12 @@ class ImageRef:
 def features_key(fingerprint: str, features: Any, net_identity: str | None) -> str:
     """The features' folder: the run's fingerprint and the space (the net by its identity, as in fingerprints)."""
     space = {"space": features.space, "crop": features.crop, "net": net_identity}
-    return _hash({"fingerprint": fingerprint, "features": space})
+    return storage.cache_key({"fingerprint": fingerprint, "features": space})
 
 
 def knn_key(fkey: str, features: Any, mifid: bool) -> str:
-    return _hash({"features": fkey, "k": features.k, "metric": features.metric, "train_block": features.train_block,
+    return storage.cache_key({"features": fkey, "k": features.k, "metric": features.metric, "train_block": features.train_block,
                   "mifid": mifid})
-
-
-def _hash(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def features_url(out: str, fkey: str, split: str, shard_id: str) -> str:
@@ -69,12 +62,6 @@ def features_url(out: str, fkey: str, split: str, shard_id: str) -> str:
 
 def knn_url(out: str, fkey: str, kkey: str, block_id: str) -> str:
     return storage.join(out, "features", fkey, f"knn-{kkey}", f"part-{block_id}.parquet")
-
-
-def to_bytes(table: pa.Table) -> bytes:
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    return buf.getvalue()
 
 
 def read_table(url: str, endpoint: str | None) -> pa.Table:
@@ -165,7 +152,7 @@ def run_features(actor, shard: Shard, fkey: str) -> int:
     feats = _extractor(actor)(images).numpy() if len(ids) else np.zeros((0, 0), np.float32)  # [N, D]
     config = actor.config
     storage.put_atomic(features_url(config.output, fkey, shard.split, shard.id),
-                       to_bytes(features_table(ids, shard.split, feats)), config.storage.endpoint_url)
+                       storage.parquet_bytes(features_table(ids, shard.split, feats)), config.storage.endpoint_url)
     return len(ids)
 
 
@@ -194,7 +181,7 @@ def run_knn(actor, block: KnnBlock, url: str) -> int:
         "distance": pa.array(found_d.reshape(-1).astype(np.float64)),
         "mifid_distance": pa.array(np.repeat(mifid, k).astype(np.float64)),
     })
-    storage.put_atomic(url, to_bytes(part), endpoint)
+    storage.put_atomic(url, storage.parquet_bytes(part), endpoint)
     return len(q)
 
 

@@ -16,7 +16,6 @@ too (their classes are the ones they were drawn with).
 from __future__ import annotations
 
 import dataclasses
-import io
 from typing import TYPE_CHECKING, Sequence
 
 import pyarrow as pa
@@ -110,9 +109,7 @@ def finish(config: "AuditConfig", results: pa.Table, detectors: pa.Table | None)
         detectors = detectors.filter(pc.not_equal(detectors.column("detector"), "discriminator"))
         row = pa.concat_tables([detectors, row.cast(detectors.schema)])
     for name, table in (("discriminator.parquet", scores), ("detectors.parquet", row)):
-        buf = io.BytesIO()
-        pq.write_table(table, buf)
-        storage.put_atomic(outputs.file_url(out, name), buf.getvalue(), endpoint)
+        storage.put_atomic(outputs.file_url(out, name), storage.parquet_bytes(table), endpoint)
     return scores, row
 
 

@@ -15,7 +15,6 @@ guarded by the run lease (jobs.lease): one live run per output.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -62,12 +61,7 @@ def file_url(out: str, name: str) -> str:
 
 def part_bytes(table: pa.Table, *, fingerprint: str, shard_id: str) -> bytes:
     """A part as Parquet bytes with the fingerprint and shard id in its schema metadata."""
-    meta = dict(table.schema.metadata or {})
-    meta[FINGERPRINT_KEY] = fingerprint.encode()
-    meta[SHARD_KEY] = shard_id.encode()
-    buf = io.BytesIO()
-    pq.write_table(table.replace_schema_metadata(meta), buf)
-    return buf.getvalue()
+    return storage.parquet_bytes(table, {FINGERPRINT_KEY: fingerprint.encode(), SHARD_KEY: shard_id.encode()})
 
 
 def read_fingerprint(url: str, endpoint_url: str | None) -> str | None:

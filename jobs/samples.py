@@ -123,9 +123,7 @@ def render(generator, config: AuditConfig, plan: Plan, results: pa.Table, rankin
         }))
     if not tables:
         return None
-    buf = pa.BufferOutputStream()
-    pq.write_table(pa.concat_tables(tables), buf)
-    return buf.getvalue().to_pybytes()
+    return storage.parquet_bytes(pa.concat_tables(tables))
 
 
 def _stored(config: AuditConfig, ids: set[str]) -> dict[tuple[str, str], tuple[list, int | None]]:

@@ -106,7 +106,6 @@ def write_sweep(config: AuditConfig, done: list[tuple[str, str]]) -> str | None:
 
     from stats.history import history_row
     from stats.history_report import render_history
-    from stats.io import parquet_bytes
 
     endpoint = config.storage.endpoint_url
     model = sweep_model(config)
@@ -114,7 +113,7 @@ def write_sweep(config: AuditConfig, done: list[tuple[str, str]]) -> str | None:
         history_row(url, storage_options=storage.storage_options(url, endpoint), model=model,
                     tags={**dict(config.run.tags or {}), "checkpoint": name})
         for name, url in done])
-    storage.put_atomic(storage.join(config.output, "sweep.parquet"), parquet_bytes(table), endpoint)
+    storage.put_atomic(storage.join(config.output, "sweep.parquet"), storage.parquet_bytes(table), endpoint)
     page = render_history(table, title=f"memaudit checkpoint sweep: {model}", gap_threshold=config.stats.gap_threshold)
     url = storage.join(config.output, "sweep.html")
     storage.put_atomic(url, page.encode("utf-8"), endpoint)

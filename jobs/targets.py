@@ -66,9 +66,8 @@ class TargetCache:
         return storage.join(self.root, self.key(shape, config), f"part-{shard_id}.parquet")
 
     def key(self, shape: Sequence[int], config: "AuditConfig") -> str:
-        text = json.dumps([VERSION, self.data_key, list(shape), list(config.generator.output_range),
-                           config.targets.upscale], separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:24]
+        return storage.cache_key([VERSION, self.data_key, list(shape), list(config.generator.output_range),
+                                  config.targets.upscale])
 
 
 def data_key(config: "AuditConfig", plan: "Plan") -> str:
@@ -129,8 +128,6 @@ def decode(shard: "Shard", config: "AuditConfig", *, shape: Sequence[int]) -> Sh
 
 
 def _part_bytes(loaded: ShardTargets, shard: "Shard") -> bytes:
-    from stats.io import parquet_bytes
-
     rows: list[dict[str, Any]] = []
     flat = loaded.targets.reshape(len(loaded.items), -1).numpy()  # [N, C*H*W] float32
     for item, d, vector in zip(loaded.items, loaded.described, flat):  # sources and reasons redacted: no secrets
@@ -143,7 +140,7 @@ def _part_bytes(loaded: ShardTargets, shard: "Shard") -> bytes:
                      "channels": None, "target": None})
     table = pa.Table.from_pylist(rows, schema=_SCHEMA)
     meta = {b"memaudit.shard": shard.id.encode(), b"memaudit.images": str(shard.size).encode()}
-    return parquet_bytes(table.replace_schema_metadata(meta))
+    return storage.parquet_bytes(table, meta)
 
 
 _SCHEMA = pa.schema([("image_id", pa.string()), ("source", pa.string()), ("row", pa.int64()), ("label", pa.string()),

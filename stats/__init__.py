@@ -13,7 +13,7 @@ source (the Ray job, the in-process API, a table written by hand) can be audited
 """
 
 from stats.errors import StatsError
-from stats.io import atomic_write, read_output, write_outputs
+from stats.io import read_output, write_outputs
 from stats.reduction import Reduction, reduce
 from stats.report import render_report, report_from_output
 from stats.settings import StatsSettings
@@ -27,7 +27,6 @@ __all__ = [
     "StartCap",
     "StatsSettings",
     "Verdict",
-    "atomic_write",
     "format_summary",
     "measure_start_cap",
     "read_output",

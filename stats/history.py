@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from stats import storage
 from stats import io as stats_io
 from stats.errors import StatsError
 
@@ -169,7 +170,7 @@ def append(row: pa.Table, history_url: str, *, storage_options: dict[str, Any] |
     name = f"run-{rid}.parquet"
     path = posixpath.join(root, f"model={quote(model, safe='')}", name)
     body = row.drop_columns(["model"]).cast(HISTORY_SCHEMA)
-    stats_io.atomic_write(fs, path, stats_io.parquet_bytes(body))
+    storage.write_atomic(fs, path, storage.parquet_bytes(body))
     for other in fs.glob(posixpath.join(root, "model=*", name)):
         if other.rstrip("/") != path and posixpath.basename(other) == name:
             fs.rm(other)

@@ -10,10 +10,8 @@ Files whose names start with "." or "_" are skipped: they are temporaries of ato
 
 from __future__ import annotations
 
-import io
 import json
 import posixpath
-import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -23,8 +21,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 
+from stats import storage
 from stats.errors import StatsError
 from stats.table import is_string_like
 
@@ -49,33 +47,6 @@ def open_output(out_url: str, storage_options: dict[str, Any] | None = None) -> 
     except (ValueError, ImportError) as exc:
         raise StatsError(f"output URL {out_url!r}: {exc}") from None
     return fs, root.rstrip("/") or "/"
-
-
-def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Write all of ``data`` at ``path`` or nothing: readers never see a partial file.
-
-    On a local disk: a hidden temporary in the same directory, then a rename (atomic on
-    POSIX). On object stores (and memory://) one put of the whole bytes is atomic already.
-    """
-    if isinstance(fs, LocalFileSystem):
-        parent, name = posixpath.split(path)
-        fs.makedirs(parent, exist_ok=True)
-        temporary = posixpath.join(parent, f".{name}.{uuid.uuid4().hex}.tmp")
-        try:
-            fs.pipe_file(temporary, data)
-            fs.mv(temporary, path)
-        except BaseException:
-            if fs.exists(temporary):
-                fs.rm(temporary)
-            raise
-    else:
-        fs.pipe_file(path, data)
-
-
-def parquet_bytes(table: pa.Table) -> bytes:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    return buffer.getvalue()
 
 
 def read_output(
@@ -157,8 +128,8 @@ def write_outputs(
         ("histograms.parquet", reduction.histograms),
         ("ranking.parquet", reduction.ranking),
     ):
-        atomic_write(fs, posixpath.join(root, name), parquet_bytes(table))
-    atomic_write(fs, posixpath.join(root, "report.html"), html.encode("utf-8"))
+        storage.write_atomic(fs, posixpath.join(root, name), storage.parquet_bytes(table))
+    storage.write_atomic(fs, posixpath.join(root, "report.html"), html.encode("utf-8"))
 
 
 def _parquet_files(fs: fsspec.AbstractFileSystem, directory: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""Every byte memaudit reads or writes goes through here: fsspec filesystems for URLs, atomic writes, retries.
+"""Every byte memaudit reads or writes goes through here: fsspec filesystems for URLs, atomic and conditional
+writes, retries, Parquet bytes and the names of cache entries. Used by jobs and by stats alike.
 
 Any URL fsspec can open works (local paths, s3://, gs://, ...). For S3-compatible stores the config's
 storage.endpoint_url is passed to s3fs; credentials come from the standard AWS chain (environment,
@@ -213,11 +214,11 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes, what: st
     fs.invalidate_cache(os.path.dirname(path))
 
 
-def parquet_bytes(table: pa.Table, metadata: dict[str, str] | None = None) -> bytes:
+def parquet_bytes(table: pa.Table, metadata: dict[bytes, bytes] | None = None) -> bytes:
     """`table` as the bytes of one Parquet file, with `metadata` added to its schema's (a part's fingerprint)."""
     if metadata:
         merged = dict(table.schema.metadata or {})
-        merged.update({k.encode(): v.encode() for k, v in metadata.items()})
+        merged.update(metadata)
         table = table.replace_schema_metadata(merged)
     buffer = io.BytesIO()
     pq.write_table(table, buffer)

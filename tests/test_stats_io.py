@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import stats
-from stats import StatsError, StatsSettings, atomic_write, read_output, reduce, report_from_output
+from stats import StatsError, StatsSettings, read_output, reduce, report_from_output
+from stats.storage import write_atomic
 from stats.cli import main
 
 
@@ -137,8 +138,8 @@ def test_part_without_error_column_names_the_file(out_url):
 def test_atomic_write_on_local_disk_leaves_only_the_file(tmp_path):
     fs = fsspec.filesystem("file")
     target = tmp_path / "deep" / "report.html"
-    atomic_write(fs, str(target), b"one")
-    atomic_write(fs, str(target), b"two")
+    write_atomic(fs, str(target), b"one")
+    write_atomic(fs, str(target), b"two")
     assert target.read_bytes() == b"two"
     assert [p.name for p in target.parent.iterdir()] == ["report.html"]
 
