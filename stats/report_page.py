@@ -61,6 +61,7 @@ table { border-collapse: collapse; margin: 0.4em 0; font-size: 0.86em; }
 th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: right; overflow-wrap: normal; }
 th { background: #f4f4f4; position: sticky; top: 0; }
 th:first-child, td:first-child, td.text { text-align: left; }
+td:not(.text) { white-space: nowrap; }
 table.sortable th { cursor: pointer; } table.sortable th[data-dir=asc]::after { content: " \\25B2"; }
 table.sortable th[data-dir=desc]::after { content: " \\25BC"; }
 input.filter { margin: 0.3em 0; padding: 0.2em 0.4em; width: 20em; max-width: 100%; }

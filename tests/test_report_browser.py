@@ -22,7 +22,10 @@ import pytest
 from PIL import Image
 
 from stats import reduce, render_report
+from stats.detectors import BIRTHDAY_SCHEMA, DETECTORS_SCHEMA
+from stats.copying import CELLS_SCHEMA
 from stats.history import history_row
+from stats.report_detectors import PAIRS_SCHEMA, CompanionFiles
 from stats.history_report import render_history
 from stats.run_compare import compare_runs, render_comparison
 from stats.report_sections import MAX_LISTED
@@ -73,8 +76,34 @@ def demo_report(tmp: Path) -> Path:
                      "target": png(val[i]), "recovery": png(blur)})
     path = tmp / "demo.html"
     path.write_text(render_report(reduce(results), results=results, samples=pa.Table.from_pylist(rows),
-                                  run_info=RUN_INFO))
+                                  run_info=RUN_INFO, companions=companions(train, rng),
+                                  discriminator=discriminator(table, rng)))
     return path
+
+
+def companions(train: list[np.ndarray], rng: np.random.Generator) -> CompanionFiles:
+    """The detectors' files: 12 closest generated/train pairs, 60 C_T cells (more than the report lists)."""
+    detectors = pa.Table.from_pylist([
+        {"detector": "neighbours", "statistic_name": "nearer than any val", "statistic": 60.0, "threshold": 0.01,
+         "p_value": 1e-30, "fired": True, "count": 60, "reason": "60 of 64 generated images are nearer " * 6},
+        {"detector": "birthday", "statistic_name": "duplicates", "statistic": 0.0, "threshold": 0.01, "p_value": 1.0,
+         "fired": False, "count": 0, "reason": "no near-duplicate in 2 batches"}], schema=DETECTORS_SCHEMA)
+    pairs = pa.Table.from_pylist([
+        {"kind": "neighbours", "query_id": f"generated-{i}", "query_split": "generated", "other_id": f"digits-{i:04d}",
+         "other_split": "train", "distance": 0.01 * i, "query_png": png(train[i]), "other_png": png(train[i])}
+        for i in range(12)], schema=PAIRS_SCHEMA)
+    cells = pa.Table.from_pylist([
+        {"cell": i, "n_train": 10, "n_val": 5, "n_generated": 8, "val_mass": 1 / 60, "z_u": float(rng.normal()),
+         "kept": True} for i in range(60)], schema=CELLS_SCHEMA)
+    birthday = pa.Table.from_pylist([{"batch": b, "id_a": "generated-1", "id_b": "generated-2", "distance": 3.0,
+                                      "duplicate": False} for b in range(2)], schema=BIRTHDAY_SCHEMA)
+    return CompanionFiles(detectors, cells, birthday, pairs)
+
+
+def discriminator(errors: dict[str, np.ndarray], rng: np.random.Generator) -> pa.Table:
+    shift = {"train": 2.0, "val": 0.0, "generated": -1.0}
+    return pa.Table.from_pylist([{"image_id": f"digits-{s}-{i:04d}", "split": s, "score": float(rng.normal(shift[s])),
+                                  "classified_real": True} for s in errors for i in range(len(errors[s]))])
 
 
 def assert_readable(found: dict, *, figure: bool = True) -> None:
@@ -91,7 +120,8 @@ def test_demo_report_shows_the_figure_first_and_fits_the_screen(chromium, tmp_pa
     found = inspect(chromium, demo_report(tmp_path))
     assert_readable(found)
     # 2 figures + 20 memorized pairs (target, recovery) + 6 recoveries x 3 (target, recovery, |difference|)
-    assert found["open"]["images"] == 2 + 20 * 2 + 6 * 3
+    # + 12 closest generated/train pairs + the discriminator's score histograms
+    assert found["open"]["images"] == 2 + 20 * 2 + 6 * 3 + 12 * 2 + 1
     assert found["folded"]["folded"] >= 4  # statistics, rules, flagged images, samples, provenance wait below
     assert found["folded"]["height"] < found["open"]["height"]
 
