@@ -31,6 +31,7 @@ from typing import Iterable, Sequence
 from .config import AUTO, GENERATED, AuditConfig
 from .errors import ConfigError
 from .fingerprint import fingerprint
+from .redact import redact_text
 from .sources import FORMATS, ImageFiles, SourceError, SourceListing, list_source, read_ids, select_rows
 
 AUTO_SHARDS = 64  # targets.shard_size auto: about this many shards (finer than the actors: none idles at the end)
@@ -96,7 +97,8 @@ class Plan:
             shards = sum(1 for s in self.shards if s.split == split)
             lines.append(f"  {split}: {n} images of {self.available[split]} in {shards} shards")
             for listing in self.listings.get(split, ()):
-                lines.append(f"    [{listing.index}] {listing.source.uri}: {len(listing.files)} files, {listing.total} rows")
+                lines.append(f"    [{listing.index}] {redact_text(listing.source.uri)}: {len(listing.files)} files, "
+                             f"{listing.total} rows")
         return "\n".join(lines)
 
 
@@ -147,6 +149,8 @@ def make_plan(config: AuditConfig, *, check: bool = True) -> Plan:
     ids_by_split: dict[str, list[str | None]] = {}
     for split, sources in targets.splits.items():
         listings[split] = _list_split(config, split, sources)
+    check_redacted_apart(listings)
+    for split in targets.splits:
         selected[split], available[split], images[split] = _select(config, split, listings[split])
         if check:
             ids_by_split[split] = _ids(config, selected[split])
@@ -193,6 +197,30 @@ def _list_split(config: AuditConfig, split: str, sources) -> tuple[SourceListing
         except SourceError as exc:
             raise ConfigError(f"targets.{split}[{i}].{exc}") from None
     return tuple(found)
+
+
+def check_redacted_apart(listings: dict[str, tuple[SourceListing, ...]]) -> None:
+    """Two files whose URLs differ only in what redaction removes (a token, a signature, userinfo) would be one
+    image id and one `source` in every table and report: refuse them before any work, naming both sources.
+
+    Raises:
+        ConfigError: naming the two sources and the URL as memaudit shows it.
+    """
+    seen: dict[str, tuple[str, str]] = {}
+    for split, found in listings.items():
+        for listing in found:
+            at = f"targets.{split}[{listing.index}]"
+            for url in listing.files:
+                if not any(c in url for c in "?#@"):
+                    continue
+                shown = redact_text(url)
+                first = seen.setdefault(shown, (at, url))
+                if first[1] != url:
+                    raise ConfigError(f"{first[0]} and {at}: two files differ only in secret parts of their URLs "
+                                      f"(userinfo or query parameters such as a token or signature), so both read as "
+                                      f"{shown}, which memaudit shows and stores without them: they would share an "
+                                      "image id. Give them distinct paths or a query parameter that names the file "
+                                      "(e.g. ?file=a.png)")
 
 
 def _select(config: AuditConfig, split: str, found: tuple[SourceListing, ...]):

@@ -34,6 +34,8 @@ import pyarrow.parquet as pq
 
 from stats import storage
 
+from .redact import strip_secrets
+
 if TYPE_CHECKING:
     from .config import SourceConfig
 
@@ -188,6 +190,8 @@ FORMATS: dict[str, ParquetFormat | ImageFiles] = {"parquet": ParquetFormat(), **
 
 def infer_format(uri: str) -> str | None:
     """The format a uri's extension names (`*.PNG` -> png, `x.pq` -> parquet), or None."""
+    if uri.split("://", 1)[0].lower() in ("http", "https"):  # a pre-signed URL: the extension is before the query
+        uri = uri.split("#", 1)[0].split("?", 1)[0]
     name = uri.rstrip("/").rsplit("/", 1)[-1]
     if "." not in name:
         return None
@@ -294,7 +298,7 @@ def read_ids(listing: SourceListing, positions: np.ndarray, base_dir: str, endpo
     """The ids of the given source row positions (the id column only, or derived from paths)."""
     fmt = FORMATS[listing.source.format]
     if isinstance(fmt, ImageFiles):  # one row per file: position p is file p (no per-file arrays at 10^6 files)
-        return storage.identities([listing.files[p] for p in positions.tolist()], base_dir)
+        return [_public(i) for i in storage.identities([listing.files[p] for p in positions.tolist()], base_dir)]
     ids: list[str | None] = []
     for f, rows in listing.locate(positions):
         url = listing.files[f]
@@ -339,9 +343,16 @@ def read_items(src: "SourceConfig", segments: Iterable[tuple[str, Sequence[int]]
 
 
 def derived_id(url: str, base_dir: str, row: int | None) -> str:
-    """An id from where an image lives: `<file>#<row>` for a Parquet row, `<file>` for an image file."""
-    name = storage.identity(url, base_dir)
+    """An id from where an image lives: `<file>#<row>` for a Parquet row, `<file>` for an image file. A URL's
+    credentials (userinfo, a pre-signed URL's X-Amz-Signature, a token) are no part of it (redact.strip_secrets):
+    ids reach the results, ranking.parquet, samples.parquet and report.html, and stay the same when the URL is
+    signed again."""
+    name = _public(storage.identity(url, base_dir))
     return name if row is None else f"{name}#{row}"
+
+
+def _public(name: str) -> str:
+    return strip_secrets(name) if any(c in name for c in "?#@") else name
 
 
 def select_rows(total: int, limit: int | None, seed: int, split: str) -> np.ndarray:
