@@ -73,6 +73,7 @@ pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.8em; m
   .scroll, .scroll.tall, pre { overflow: visible; max-height: none; }
   pre { white-space: pre-wrap; }
   th { position: static; }
+  table { font-size: 7.5pt; } th, td, td:not(.text) { white-space: normal; padding: 0.1em 0.25em; }
   img, .tile, figure, tr { break-inside: avoid; }
   details.fold > summary { list-style: none; margin-left: 0; }
 }

@@ -29,7 +29,7 @@ from stats.report_detectors import PAIRS_SCHEMA, CompanionFiles
 from stats.history_report import render_history
 from stats.run_compare import compare_runs, render_comparison
 from stats.report_sections import MAX_LISTED
-from tests._browser import browser, chromium_missing, inspect, png, synthetic_audit
+from tests._browser import MEASURE, browser, chromium_missing, inspect, png, synthetic_audit
 from tests._outputs import errors, write_output
 
 ASSETS = Path(__file__).resolve().parents[1] / "jobs" / "assets"
@@ -124,6 +124,19 @@ def test_demo_report_shows_the_figure_first_and_fits_the_screen(chromium, tmp_pa
     assert found["open"]["images"] == 2 + 20 * 2 + 6 * 3 + 12 * 2 + 1
     assert found["folded"]["folded"] >= 4  # statistics, rules, flagged images, samples, provenance wait below
     assert found["folded"]["height"] < found["open"]["height"]
+
+
+def test_demo_report_prints_every_section_within_the_paper(chromium, tmp_path):
+    path = demo_report(tmp_path)
+    page = chromium.new_page()
+    page.goto(path.resolve().as_uri())
+    pdf = page.pdf(format="A4")  # what the browser's "print to PDF" makes; printing opens every folded section
+    page.emulate_media(media="print")
+    page.set_viewport_size({"width": 794, "height": 1123})  # A4 at 96 px per inch
+    printed = page.evaluate(MEASURE)
+    page.close()
+    assert pdf.startswith(b"%PDF") and printed["folded"] == 0 and printed["broken"] == []
+    assert printed["overflow"] <= 0, f"{printed['overflow']} px wider than the page when printed"
 
 
 def test_large_audit_report_stays_small_and_its_flagged_table_filters_and_sorts(chromium, tmp_path):
