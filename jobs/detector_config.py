@@ -1,4 +1,4 @@
-"""The config of the companion detectors (issue 12): `detectors: [...]` and the `features:` section.
+"""The config of the companion detectors: `detectors: [...]` and the `features:` section.
 
 Kept apart from jobs.detectors (the driver's pass) so that jobs.config can import it without importing
 the plan and the actors' code.
@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from stats.companions import REGISTRY
+
 from .errors import ConfigError
 
-DETECTORS = ("recovery", "neighbours", "mifid", "ct", "birthday")
 
 
 @dataclass(frozen=True)
@@ -59,12 +60,14 @@ class FeaturesConfig:
 
 
 def check_detectors(value: Any, at: str = "detectors") -> tuple[str, ...]:
-    """The `detectors` list, checked: known names, each once."""
+    """The `detectors` list, checked: known names (recovery, the audit itself, and stats.companions.REGISTRY's),
+    each once."""
+    known = ("recovery", *REGISTRY)
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
-        raise ConfigError(f"{at}: expected a list of detectors ({', '.join(DETECTORS)}), got {value!r}")
+        raise ConfigError(f"{at}: expected a list of detectors ({', '.join(known)}), got {value!r}")
     for i, name in enumerate(value):
-        if name not in DETECTORS:
-            raise ConfigError(f"{at}[{i}]: {name!r} is not one of {', '.join(DETECTORS)}")
+        if name not in known:
+            raise ConfigError(f"{at}[{i}]: {name!r} is not one of {', '.join(known)}")
     if len(set(value)) != len(value):
         raise ConfigError(f"{at}: lists a detector twice: {list(value)}")
     return tuple(value)

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stats import storage
+from stats.companions import evaluate, needs
 from .errors import JobError
 from .config import GENERATED
 from .raylink import reason
@@ -53,7 +54,6 @@ def run_detectors(pool, config, plan, results: pa.Table, *, generator=None):
     selected = companions_selected(config)
     if not selected:
         return None
-    from stats.companions import evaluate
     from stats.nearest import merge_neighbours
     from stats.report_detectors import CompanionFiles
 
@@ -70,7 +70,8 @@ def run_detectors(pool, config, plan, results: pa.Table, *, generator=None):
     _dispatch(pool, config, [("features", (s, fkey)) for s in todo])
     train = [urls[s.id] for s in wanted if s.split == train_split]
     queries = tuple(urls[s.id] for s in wanted if s.split != train_split)
-    kkey = knn_key(fkey, features, "mifid" in selected)
+    needed = needs(selected)  # what the selected companions read (stats.companions.REGISTRY)
+    kkey = knn_key(fkey, features, "mifid" in needed)
     blocks = _blocks([s for s in wanted if s.split == train_split], train, queries, features.train_block)
     parts = {b.id: knn_url(out, fkey, kkey, b.id) for b in blocks}
     todo_blocks = [b for b in blocks if _tail(parts[b.id]) not in present]
@@ -82,7 +83,7 @@ def run_detectors(pool, config, plan, results: pa.Table, *, generator=None):
         else (None, None)
     loaded = _load_features(config, {s: [urls[x.id] for x in wanted if x.split == s] for s in (reference, GENERATED)},
                             train, train_rows=sum(s.size for s in wanted if s.split == train_split)
-                            if {"ct", "birthday"} & set(selected) else 0)
+                            if "features" in needed else 0)
     found = evaluate(selected, neighbours=neighbours, mifid=mifid, features=loaded, settings=config.stats,
                      metric=features.metric, reference=reference, train=train_split)
     pairs = _pairs(pool, config, plan, results, neighbours, found.birthday, generator)

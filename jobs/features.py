@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stats import storage
+from stats.companions import needs
 from .config import GENERATED
 from .plan import Shard, generated_ids
 from .sources import read_items
@@ -170,7 +171,7 @@ def run_knn(actor, block: KnnBlock, url: str) -> int:
         found_d, found_i, mifid = np.full((len(q), k), np.inf), np.full((len(q), k), -1), np.ones(len(q))
     else:
         found = knn(torch.from_numpy(q), torch.from_numpy(t), k=k, metric=features.metric,
-                    mifid="mifid" in actor.config.detectors,  # a pass over every tile: only when asked
+                    mifid="mifid" in needs(actor.config.detectors),  # a pass over every tile: only when asked
                     query_block=features.query_block, device=actor.generator.device)
         found_d, found_i, mifid = found.distances.numpy(), found.indices.numpy(), found.mifid_distance.numpy()
     train_ids = np.array(train_ids + [None], dtype=object)

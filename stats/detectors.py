@@ -37,8 +37,6 @@ from scipy import stats as sps
 from stats.nearest import first_and_second, pairwise
 from stats.settings import StatsSettings
 
-COMPANIONS = ("neighbours", "mifid", "ct", "birthday")  # recovery is the audit itself (stats.verdict)
-
 DETECTORS_SCHEMA = pa.schema([
     ("detector", pa.string()),
     ("statistic_name", pa.string()),

@@ -213,3 +213,31 @@ def test_detectors_join_the_verdicts_reasons_and_the_report(tmp_path):
     assert '<section id="detectors">' in html and "C_T per cell" in html and "Birthday test: closest pairs" in html
     assert "g&lt;1&gt;" in html and "g<1>" not in html  # ids are escaped
     assert '<section id="detectors">' not in render_report(plain, results=results)
+
+
+def test_a_new_detector_is_one_function_and_one_registry_line(monkeypatch):
+    """The config accepts, the job computes inputs for, and evaluate runs a companion added to the registry."""
+    from jobs.detector_config import check_detectors
+    from stats.companions import REGISTRY, Companion, evaluate, needs
+    from stats.detectors import DetectorResult
+
+    def toy(x):
+        gen_ids, _ = x.features.get(x.generated, ([], None))
+        return DetectorResult("toy", "count", float(len(gen_ids)), 0.0, None, False, len(gen_ids), "counted"), {}
+
+    with pytest.raises(Exception, match=r"detectors\[1\]: 'toy' is not one of recovery, neighbours, mifid, ct, birthday"):
+        check_detectors(["recovery", "toy"])
+    monkeypatch.setitem(REGISTRY, "toy", Companion("toy", frozenset({"features", "sketch"}), toy))
+    assert check_detectors(["recovery", "toy"]) == ("recovery", "toy")
+    assert needs(["recovery", "toy", "neighbours"]) == {"features", "sketch", "knn"}
+    found = evaluate(["recovery", "toy"], neighbours=None, mifid=None, settings=StatsSettings(),
+                     features={"generated": (["g0", "g1", "g2"], np.zeros((3, 2)))})
+    assert found.table.column("detector").to_pylist() == ["toy"]
+    assert found.table.column("count").to_pylist() == [3]
+
+
+def test_the_registry_names_what_each_companion_needs():
+    from stats.companions import needs
+
+    assert needs(["neighbours"]) == {"knn"} and needs(["mifid"]) == {"knn", "mifid"}
+    assert needs(["ct", "birthday"]) == {"features"} and needs(["recovery"]) == frozenset()
