@@ -296,3 +296,37 @@ def test_convergence_starts_at_iteration_zero():
     curve = convergence_curves(results, group_results(results).rows, cap=1000, seed=0)["train"]
     steps = iterations(curve)
     assert steps[0] == 0 and len(steps) == len(curve.median)  # trace[0] is the start point
+
+
+def test_header_names_the_audit_and_its_data_snapshot_as_the_history_does(tmp_path):
+    from stats.history import history_row
+    from stats.report_page import data_snapshot
+    from tests._outputs import errors, write_output
+
+    results = errors(1.0, 3)
+    out = write_output(str(tmp_path / "out"), results, finished="2026-03-01T00:00:00+00:00", run={"model": "ffhq"})
+    snapshot = history_row(out).column("data_snapshot")[0].as_py()
+    assert data_snapshot(results) == snapshot
+    reordered = results.take(np.arange(results.num_rows)[::-1])
+    assert data_snapshot(reordered) == snapshot  # which images, not their order
+    document = render_report(reduce(results), results=results,
+                             run_info={"config": {"run": {"model": "ffhq"}}, "finished": "2026-03-01T00:00:00+00:00",
+                                       "generator_sha256": "ab" * 32})
+    assert f"<dt>data snapshot</dt><dd>{snapshot[:12]}</dd>" in document
+    assert "<dt>model</dt><dd>ffhq</dd>" in document and "<dt>generator sha256</dt><dd>abababababab</dd>" in document
+
+
+def test_a_large_audit_report_lists_a_bounded_number_of_rows_and_says_where_the_rest_are():
+    from stats.report_sections import MAX_LISTED
+    from tests._browser import synthetic_audit
+
+    results, samples = synthetic_audit(20_000, seed=4)
+    reduction = reduce(results)
+    flagged = int(pc.sum(reduction.ranking.column("flagged")).as_py())
+    document = render_report(reduction, results=results, samples=samples)
+    page = parse(document)
+    assert flagged > MAX_LISTED and len(document) < 1_000_000
+    listed = document[document.index('id="flagged-0"'):]
+    assert listed[:listed.index("</table>")].count("<tr>") == MAX_LISTED + 1  # the header row and MAX_LISTED images
+    assert f"{flagged - MAX_LISTED} more flagged images are not listed here" in "".join(page.text)
+    assert len(page.images) == 2 + 20 * 2 + 9 * 3  # figures, the top 20 memorized, best/median/worst of 3 splits
