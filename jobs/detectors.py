@@ -87,7 +87,7 @@ def run_detectors(pool, config, plan, results: pa.Table, *, generator=None):
     found = evaluate(selected, neighbours=neighbours, mifid=mifid, features=loaded, settings=config.stats,
                      metric=features.metric, reference=reference, train=train_split)
     pairs = _pairs(pool, config, plan, results, neighbours, found.birthday, generator)
-    files = CompanionFiles(found.table, found.cells, found.birthday, pairs)
+    files = CompanionFiles(found.table, found.cells, found.birthday, pairs, neighbours)
     for name, table in (("neighbours.parquet", neighbours), ("detectors.parquet", found.table),
                         ("ct_cells.parquet", found.cells), ("birthday.parquet", found.birthday),
                         ("pairs.parquet", pairs)):

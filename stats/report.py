@@ -30,6 +30,7 @@ from stats.curves import convergence_curves
 from stats.plots import convergence_png, ecdf_png, histogram_png, split_colors
 from stats.checks import check_output
 from stats.reduction import Reduction, reduce
+from stats.extraction import extraction_section
 from stats.report_detectors import CompanionFiles, detectors_section, read_companions
 from stats.report_models import discriminator_section, read_discriminator, space_section
 from stats.report_page import audit_fields, data_snapshot, fold, header, page, toc
@@ -89,6 +90,7 @@ def render_report(
         search_section(reduction, results, groups.rows, colors, run_info),
         _samples_section(samples),
         detectors_section(companions),
+        extraction_section(companions, settings),
         discriminator_section(discriminator, colors),
         _rejects_section(rejects),
         _provenance_section(settings, run_info),

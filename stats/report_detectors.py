@@ -32,7 +32,7 @@ PAIRS_SCHEMA = pa.schema([
     ("other_png", pa.binary()),
 ])
 FILES = {"detectors": "detectors.parquet", "cells": "ct_cells.parquet", "birthday": "birthday.parquet",
-         "pairs": "pairs.parquet"}
+         "pairs": "pairs.parquet", "neighbours": "neighbours.parquet"}
 SHOWN = 10  # rows of the birthday table
 PAIRS_SHOWN = 24  # rendered pairs of each kind
 CELLS_SHOWN = 50  # rows of the C_T cell table, the most negative Z_U first
@@ -46,6 +46,7 @@ class CompanionFiles:
     cells: pa.Table | None = None
     birthday: pa.Table | None = None
     pairs: pa.Table | None = None
+    neighbours: pa.Table | None = None  # neighbours.parquet, for the extraction list (stats.extraction)
 
 
 def read_companions(out_url: str, *, storage_options: dict[str, Any] | None = None) -> CompanionFiles:
