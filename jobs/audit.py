@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
         from .plan import make_plan
 
         storage.configure(config.job.storage_retries, config.job.storage_retry_seconds)
-        from .sweep import checkpoint_config, checkpoints, describe, run_sweep
+        from .sweep import check_checkpoints, checkpoint_config, checkpoints, describe, run_sweep
         from .tracking import check_history, exit_code, record_or_fail
 
         found = checkpoints(config)  # a glob of checkpoints in the generator: one audit each (jobs.sweep)
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
         from .preflight import load_generator_cpu
 
         # G on this CPU with one small forward pass: a wrong latent shape is an error here, not on the cluster
-        generator = load_generator_cpu(checkpoint_config(config, *found[0]) if found else config)
+        generator = check_checkpoints(config, found) if found else load_generator_cpu(config)  # a sweep: every one
         if args.dry_run:
             if found:
                 print(f"{describe(found)}; the first one's plan:")
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
             from .start_cap import describe_cap
 
             print(f"start cap: {describe_cap(config, plan)}")
-            print(f"output: {config.output}")
+            print(f"output: {redact_text(config.output)}")
             return OK
         _check_output(config.output, config.storage.endpoint_url)  # a cheap write probe, before Ray starts
         from .lease import check_free

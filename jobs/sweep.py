@@ -27,7 +27,7 @@ from typing import Any
 
 
 from stats import storage
-from .config import AuditConfig, ConfigError
+from .config import NAME_MAX, AuditConfig, ConfigError
 from .fingerprint import fingerprint
 from .plan import Plan, make_plan, sized
 from .targets import TargetCache, data_key
@@ -60,6 +60,11 @@ def checkpoints(config: AuditConfig) -> list[tuple[str, str]]:
     if not found:
         raise ConfigError(f"generator.{field}: the glob {pattern!r} matches no file")
     named = [(checkpoint_name(p), storage.with_protocol(pattern, p)) for p in found]
+    for name, _ in named:
+        if len(checkpoint_folder(name).encode()) > NAME_MAX:
+            raise ConfigError(f"generator.{field}: the checkpoint {name[:40]}... makes the output folder "
+                              f"checkpoint=<name> of {len(checkpoint_folder(name).encode())} bytes, more than a folder "
+                              f"name holds ({NAME_MAX}); rename the file")
     names = [n for n, _ in named]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
@@ -94,8 +99,40 @@ def sweep_model(config: AuditConfig) -> str:
     return posixpath.basename(posixpath.dirname(str(pattern).rstrip("/"))) or "sweep"
 
 
+def checkpoint_folder(name: str) -> str:
+    return f"checkpoint={name}"
+
+
 def checkpoint_output(out: str, name: str) -> str:
-    return storage.join(out, f"checkpoint={name}")
+    return storage.join(out, checkpoint_folder(name))
+
+
+def check_checkpoints(config: AuditConfig, found: list[tuple[str, str]]):
+    """Load and check every checkpoint of a sweep on this CPU (jobs.preflight: load + one forward pass) before the
+    first audit, so a truncated file in the middle is named up front instead of stopping the sweep after hours,
+    with the checkpoints after it never audited and no sweep.parquet. Returns the first checkpoint's generator
+    (the driver renders its samples with it); the others are dropped once checked.
+
+    Raises:
+        ConfigError: naming every checkpoint that fails and why; no audit has started.
+    """
+    from recovery import RecoveryError
+
+    from .preflight import load_generator_cpu
+
+    first, bad = None, []
+    for name, url in found:
+        try:
+            generator = load_generator_cpu(checkpoint_config(config, name, url))
+        except (RecoveryError, ConfigError) as exc:
+            bad.append(f"{name} ({exc})")
+            continue
+        first = first if first is not None else generator
+    if bad:
+        shown = "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise ConfigError(f"generator.{sweep_field(config)}: {len(bad)} of {len(found)} checkpoints cannot be audited: "
+                          f"{shown}. Fix or remove them (no checkpoint was audited)")
+    return first
 
 
 def write_sweep(config: AuditConfig, done: list[tuple[str, str]]) -> str | None:
