@@ -16,10 +16,16 @@ instead for a user who wants to pick a number (benchmarks/batch_size.py prints i
 from __future__ import annotations
 
 import math
+import posixpath
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
+
+from .errors import RecoveryError
+
+if TYPE_CHECKING:
+    from .generators import LoadedGenerator
 
 MAX_DEFAULT = 64
 CPU_PIXELS = 1 << 18  # output values per batch on a CPU: 16 images of 3x64x64, 64 of 1x32x32, 1 of 3x256x256
@@ -79,3 +85,63 @@ def _rate(make_step: Callable[[int], Callable[[], None]], b: int, device: torch.
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class BatchOutputError(RecoveryError):
+    """G's output for one batch is not what its load check measured: a fault of G, never of one image.
+
+    The search's per-image fallback (a G that raises is retried image by image, so only the culprits
+    fail) must not catch it: batches of one might pass again, and the run would go on slowly with
+    the fault hidden, so it stops the search and names the generator, the batch size and both shapes.
+    """
+
+
+def generator_name(generator: LoadedGenerator) -> str:
+    """How the config names G, its file's name only (a URL's query string may hold a signature)."""
+    spec = generator.spec
+    for key in ("torchscript", "factory", "builtin", "pickle", "diffusers"):
+        value = getattr(spec, key, None)
+        if value:
+            text = str(value)
+            return f"{key} {text if key in ('factory', 'builtin') else posixpath.basename(text.split('?')[0].rstrip('/'))}"
+    return "generator"
+
+
+@torch.no_grad()
+def single_dtype(generator: LoadedGenerator) -> torch.dtype:
+    """The dtype of G's output for one latent: what every batch must match (one forward pass, per search)."""
+    z = torch.zeros((1, *generator.latent.shape), device=generator.device)
+    labels = torch.zeros(1, dtype=torch.long, device=generator.device) if generator.num_classes else None
+    x = generator(z, labels)
+    return x.dtype if isinstance(x, torch.Tensor) else torch.float32
+
+
+def check_batch_output(generator: LoadedGenerator, x: torch.Tensor, dtype: torch.dtype, *,
+                       range_check: bool = False) -> torch.Tensor:
+    """x = G(z) for one batch [B, C, H, W]: the load check's shape (C, H, W) and the dtype of a batch of one
+    (single_dtype), else BatchOutputError.
+
+    The load check runs G on 3 latents and on 1; a G whose output changes with the batch size (a shape
+    computed from it, a half-precision path for large batches) would otherwise be resized or cast
+    silently. range_check (for prior draws, as the load check's): values within output_range plus
+    5% of its width, as the load check requires; the search's own latents may wander, so it does not.
+    """
+    expected = list(generator.output_shape)
+    found = list(x.shape[1:]) if isinstance(x, torch.Tensor) else None
+    problem = None
+    if found != expected:
+        problem = f"output is {found if found is not None else type(x).__name__}, but {expected} in the load check (batches of 3 and 1)"
+    elif x.dtype != dtype:
+        problem = f"output dtype {x.dtype}, but {dtype} for one latent"
+    elif range_check and len(x):
+        lo, hi = generator.spec.output_range
+        slack = 0.05 * (hi - lo)
+        low, high = float(x.min()), float(x.max())
+        if low < lo - slack or high > hi + slack:
+            problem = f"output spans [{low:.3g}, {high:.3g}], outside generator.output_range [{lo:g}, {hi:g}]"
+    if problem is not None:
+        raise BatchOutputError(
+            f"generator ({generator_name(generator)}): for a batch of {len(x)} latents its {problem}; "
+            "its output must not depend on the batch size (set recovery.batch_size to a size it handles, or fix G)"
+        )
+    return x

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batching import check_batch_output, single_dtype
 from .device_targets import DeviceTargets
 from .errors import RecoveryError
 from .generators import LoadedGenerator
@@ -123,6 +124,7 @@ class Objective:
         device = generator.device
         self.op = build_operator(settings.operator, self.shape, device)
         self.feature_net = feature_net
+        self.dtype = single_dtype(generator)  # every batch's output must have it (and the load check's shape)
         step = max(1, settings.batch_size)
         views, features = [], []
         with torch.no_grad():  # A(x) (and its features) batch by batch, kept on the host (issue 11)
@@ -143,7 +145,8 @@ class Objective:
         """G(z) (G(z, c) with the targets' classes, or `labels` [B] when given) at the audit resolution, [B, C, H, W]."""
         if labels is None and self.labels is not None:
             labels = self.labels[index]
-        return to_audit_resolution(self.generator(z, labels), self.shape)
+        x = check_batch_output(self.generator, self.generator(z, labels), self.dtype)  # [B, C, H, W] as at load
+        return to_audit_resolution(x, self.shape)
 
     def __call__(self, z: torch.Tensor, index: torch.Tensor,
                  labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

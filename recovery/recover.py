@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from . import batching
+from .batching import BatchOutputError, check_batch_output, single_dtype
 from .errors import RecoveryError
 from .generators import LoadedGenerator
 from .objective import Objective, psnr, target_shape, to_audit_resolution
@@ -47,7 +48,7 @@ def _evaluator(objective: Objective, to_latent, dim: int, penalty: float):
     def evaluate(points: torch.Tensor, index: torch.Tensor):
         try:
             return run(points, index)
-        except torch.OutOfMemoryError:
+        except (torch.OutOfMemoryError, BatchOutputError):  # the device's or G's fault, not one image's
             raise
         except Exception as e:  # noqa: BLE001 - recorded on the image's row, never silent
             if len(points) == 1:
@@ -296,18 +297,22 @@ def sample_generated(
         z0 = torch.cat(draws) if draws else torch.empty((0, *generator.latent.shape))
     else:
         z0 = sample_for_ids(generator.latent, ids, seed, GENERATED_TAG)
-    return z0, render(generator, z0, settings=settings, labels=labels)
+    return z0, render(generator, z0, settings=settings, labels=labels, range_check=True)
 
 
 @torch.no_grad()
 def render(generator: LoadedGenerator, latents: torch.Tensor, *, settings: RecoverySettings = RecoverySettings(),
-           labels: torch.Tensor | None = None) -> torch.Tensor:
-    """G(z) (G(z, c) for labels [N] int64) at the audit resolution for latents [N, *latent] (or flat [N, D]), on the CPU."""
+           labels: torch.Tensor | None = None, range_check: bool = False) -> torch.Tensor:
+    """G(z) (G(z, c) for labels [N] int64) at the audit resolution for latents [N, *latent] (or flat [N, D]), on the CPU.
+
+    range_check: the latents are prior draws, so the output must lie in output_range as at load (batching.py)."""
     shape = target_shape(generator, settings)
     out = []
     step = batch_size_for(generator, settings)
+    dtype = single_dtype(generator) if len(latents) else None
     for j, chunk in enumerate(latents.split(step)):
         z = chunk.to(generator.device).reshape(len(chunk), *generator.latent.shape)
         c = labels[j * step : j * step + len(chunk)] if labels is not None else None
-        out.append(to_audit_resolution(generator(z, c), shape).float().cpu())
+        x = check_batch_output(generator, generator(z, c), dtype, range_check=range_check)  # [b, C, H, W] as at load
+        out.append(to_audit_resolution(x, shape).float().cpu())
     return torch.cat(out) if out else torch.empty((0, *shape))

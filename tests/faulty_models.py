@@ -8,6 +8,7 @@ marker file records that it did, so the restarted actor runs normally.
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 from torch import nn
@@ -41,3 +42,43 @@ class NanWhenMarked(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # [B, latent] -> [B, 1, side, side]
         x = torch.tanh(self.fc(z.reshape(len(z), -1))).reshape(-1, 1, self.side, self.side)
         return x * float("nan") if len(z) > 3 and os.path.exists(self.marker) else x
+
+
+class BatchDependent(nn.Module):
+    """The tiny generator on the load check's small batches; above `above` images it misbehaves as `fault` says:
+    "shape" (a 4x4 image instead of 8x8), "channels" (3 channels instead of 1), "dtype" (float16) or
+    "range" (outputs scaled to [-3, 3], outside output_range)."""
+
+    def __init__(self, fault: str, above: int = 3, latent: int = 8, side: int = 8) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(latent, side * side)
+        self.fault, self.above, self.side = fault, above, side
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # [B, latent] -> [B, 1, side, side] in [-1, 1]
+        x = torch.tanh(self.fc(z.reshape(len(z), -1))).reshape(-1, 1, self.side, self.side)
+        if len(z) <= self.above:
+            return x
+        if self.fault == "shape":
+            return x[:, :, ::2, ::2]
+        if self.fault == "channels":
+            return x.expand(-1, 3, -1, -1)
+        if self.fault == "dtype":
+            return x.half()
+        return 3 * x
+
+
+class HangAbove(nn.Module):
+    """The tiny generator on the load check's small batches; a batch larger than `above` never returns
+    (it sleeps in its forward pass), as a deadlocked custom kernel or a stuck collective would."""
+
+    def __init__(self, above: int = 3, latent: int = 8, side: int = 8) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(latent, side * side)
+        self.above, self.side = above, side
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        while len(z) > self.above:
+            time.sleep(1)
+        return torch.tanh(self.fc(z.reshape(len(z), -1))).reshape(-1, 1, self.side, self.side)

@@ -11,8 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
-from recovery import ImageError, to_target
+from recovery import (GeneratorSpec, ImageError, LatentSpec, RecoveryError, RecoverySettings, load_generator, recover,
+                      sample_generated, to_target)
 from stats import reduce
 from stats.history import append, history_row, read_history
 from stats.history_cli import compare_main, history_main
@@ -141,3 +143,28 @@ def test_an_image_too_large_to_decode_is_refused_from_its_header():
     data = png16(np.zeros((2, 2, 3), np.uint16), size=(15000, 15000))
     with pytest.raises(ImageError, match=r"15000x15000.*3 channels of 16 bits.*1\.35 GB.*limit"):
         to_target(data, shape=(3, 64, 64))
+
+
+def faulty(fault: str) -> GeneratorSpec:
+    return GeneratorSpec(factory="tests.faulty_models:BatchDependent", kwargs={"fault": fault},
+                         latent=LatentSpec((8,), "normal"), output_range=(-1.0, 1.0))
+
+
+@pytest.mark.parametrize("fault, shown", [("shape", r"\[1, 4, 4\].*\[1, 8, 8\]"), ("channels", r"\[3, 8, 8\].*\[1, 8, 8\]"),
+                                          ("dtype", "float16.*float32")])
+def test_a_generator_that_changes_its_output_on_larger_batches_stops_the_search(fault, shown):
+    g = load_generator(faulty(fault), device="cpu")  # the load check's batches of 3 and 1 pass
+    targets = torch.zeros(8, 1, 8, 8)
+    settings = RecoverySettings(protocol="paper", iterations=2, batch_size=8)
+    with pytest.raises(RecoveryError, match=rf"factory tests.faulty_models:BatchDependent.*batch of 8.*{shown}"):
+        recover(g, targets, [f"i{k}" for k in range(8)], settings=settings)
+    with pytest.raises(RecoveryError, match=rf"batch of 8.*{shown}"):
+        sample_generated(g, [f"g{k}" for k in range(8)], seed=0, settings=settings)
+
+
+def test_generated_images_outside_output_range_on_larger_batches_are_refused():
+    g = load_generator(faulty("range"), device="cpu")
+    settings = RecoverySettings(protocol="paper", iterations=2, batch_size=8)
+    with pytest.raises(RecoveryError, match=r"batch of 8.*spans \[-?\d.*outside .*output_range \[-1, 1\]"):
+        sample_generated(g, [f"g{k}" for k in range(8)], seed=0, settings=settings)
+    sample_generated(g, ["g0", "g1"], seed=0, settings=settings)  # small batches are fine
