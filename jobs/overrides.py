@@ -73,10 +73,13 @@ def read_raw(path: Path, *, overrides: list[str] | tuple[str, ...], out: str | N
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"config: cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:  # YAML is text: a binary file or another encoding
+        raise ConfigError(f"config: {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                          "save it as UTF-8") from None
     try:
         raw = yaml.load(text, Loader=NoAliasLoader)  # noqa: S506 - a SafeLoader without anchors/aliases
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config: {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config: {path} is not valid YAML: {' '.join(str(exc).split())}") from None  # one line
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -131,7 +134,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     try:
         value = yaml.load(text, Loader=NoAliasLoader) if text.strip() else None  # noqa: S506
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{key}: cannot parse {text!r} as a YAML value: {exc}") from None
+        raise ConfigError(f"{key}: cannot parse {text[:200]!r} as a YAML value: {' '.join(str(exc).split())}") from None
     return key, value
 
 

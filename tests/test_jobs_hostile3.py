@@ -64,6 +64,17 @@ def test_yaml_nested_deeper_than_any_config_is_refused_without_a_traceback(tmp_p
     _one_line_error(code, text, "nested", "deeper")
 
 
+def test_a_config_that_is_not_utf8_or_has_an_unhashable_key_is_one_line(tmp_path, capsys):
+    path = tmp_path / "audit.yaml"
+    path.write_bytes(b"generator: {torchscript: caf\xe9.pt}\n")
+    code, text = _dry(tmp_path, path, capsys)
+    _one_line_error(code, text, "not UTF-8", "0xe9")
+    path.write_text("[a, b]: 1\n")
+    code, text = _dry(tmp_path, path, capsys)
+    _one_line_error(code, text, "unhashable key", "line 1")
+    assert len(text.strip().splitlines()) == 1, text
+
+
 @pytest.mark.parametrize("name", ["val\n", "val\r", "val "])
 def test_a_split_name_with_a_trailing_newline_is_refused(tmp_path, tiny_generator, tiny_data, capsys, name):
     raw = tiny_config(tiny_generator, targets={**_train(tiny_data), name: [str(tiny_data / "val" / "*.png")]})
