@@ -268,7 +268,7 @@ def _samples_section(samples: pa.Table | None) -> str:
              "worst recoveries: target, recovery and |target &minus; recovery| on the pixel scale.</p>"]
     for split in splits:
         mine = sorted((r for r in rows if r["split"] == split), key=lambda r: rank_order[r["rank"]])
-        parts.append(f'<h3>{_e(split)}</h3><div class="grid">')
+        parts.append(f'<h3>{_e(split)}</h3><div class="grid wide">')
         parts.extend(_sample_html(prepare(r)) for r in mine)
         parts.append("</div>")
     parts.append("</section>")

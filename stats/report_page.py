@@ -46,7 +46,8 @@ img { max-width: 100%; height: auto; }
 .tile { border: 1px solid #ddd; border-radius: 4px; padding: 0.25em; font-size: 0.75em; text-align: center; }
 .tile .pair { display: flex; gap: 2px; justify-content: center; }
 .tile img { width: 50%; max-width: 64px; image-rendering: pixelated; }
-.tile.wide img { width: 33%; }
+.grid.wide { grid-template-columns: repeat(auto-fill, minmax(13em, 1fr)); }
+.tile.wide img { width: 33%; max-width: 80px; }
 .tile .id { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; color: #555; }
 .reasons { font-size: 0.9em; margin: 0.3em 0; padding-left: 1.3em; }
 .note { color: #555; font-size: 0.88em; }
