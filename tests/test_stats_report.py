@@ -330,3 +330,17 @@ def test_a_large_audit_report_lists_a_bounded_number_of_rows_and_says_where_the_
     assert listed[:listed.index("</table>")].count("<tr>") == MAX_LISTED + 1  # the header row and MAX_LISTED images
     assert f"{flagged - MAX_LISTED} more flagged images are not listed here" in "".join(page.text)
     assert len(page.images) == 2 + 20 * 2 + 9 * 3  # figures, the top 20 memorized, best/median/worst of 3 splits
+
+
+def test_compare_out_writes_a_compare_page_in_the_reports_look(tmp_path, capsys):
+    from stats.history_cli import compare_main
+    from tests._outputs import errors, write_output
+
+    a = write_output(str(tmp_path / "a"), errors(0.0, 1), finished="2026-01-01T00:00:00+00:00", run={"model": "m"})
+    b = write_output(str(tmp_path / "b"), errors(1.5, 2), finished="2026-02-01T00:00:00+00:00", run={"model": "m"})
+    assert compare_main([a, b, "--out", str(tmp_path / "cmp")]) == 0
+    document = (tmp_path / "cmp" / "compare.html").read_text()
+    page = parse(document)
+    assert page.sections == ["change", "side-by-side", "tests", "newly-flagged"] and page.script_sources == []
+    assert f"<dt>A</dt><dd>{a}</dd>" in document and "<dt>B model</dt><dd>m</dd>" in document
+    assert len(page.images) == 1 and "training images flagged in B and not in A" in "".join(page.text)
