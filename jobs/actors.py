@@ -191,7 +191,8 @@ class AuditActor:
         table = search(self.generator, targets, ids, settings=settings,
                                  feature_net=self.feature_net, encoder=self._encoder(), labels=labels,
                                  progress=self._progress_for(shard.id, len(ids)))  # targets [N, C, H, W]
-        table = models.add_scores(table, self.discriminator, targets, labels, config)
+        table = models.add_scores(table, self.discriminator, targets, labels, batch_size=self.batch_size,
+                                  threshold=config.discriminator.threshold)
         results = _results_table(table, shard.split, where, rows, [content_hash(t.numpy()) for t in targets], z0,
                                  described)
         if "failure" in results.column_names and results.column("failure").null_count < results.num_rows:

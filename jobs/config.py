@@ -236,7 +236,7 @@ class AuditConfig:
     storage: StorageConfig = StorageConfig()
     history: str | None = None  # output.history: the Parquet dataset each finished run appends its row to (issue 14)
     run: RunConfig = RunConfig()  # run: {model, tags}, recorded with the run
-    detectors: tuple[str, ...] = ("recovery",)  # issue 12: recovery plus companions (jobs.detector_config)
+    detectors: tuple[str, ...] = ("recovery",)  # recovery plus companions (jobs.detector_config)
     features: FeaturesConfig = FeaturesConfig()  # the companions' feature space and kNN
     discriminator: DiscriminatorSpec | None = None  # issue 13: the discriminator check (jobs.models)
     base_dir: str = "."
@@ -282,6 +282,11 @@ SECTIONS += ("run",)  # issue 14: run: {model, tags} (RunConfig)
 
 # ---------------------------------------------------------------------------------------------------------
 # Loading
+
+
+def _default(name: str) -> Any:
+    """AuditConfig's default for a field, so that no default is written twice."""
+    return {f.name: f.default for f in dataclasses.fields(AuditConfig)}[name]
 
 
 def load_config(
@@ -344,7 +349,7 @@ def build_config(raw: Mapping, *, base_dir: str, config_path: str | None = None)
         resources=convert(ResourcesConfig, raw.get("resources") or {}, "resources"),
         job=convert(JobConfig, raw.get("job") or {}, "job"),
         storage=convert(StorageConfig, raw.get("storage") or {}, "storage"),
-        detectors=check_detectors(raw.get("detectors", ["recovery"])),
+        detectors=check_detectors(raw.get("detectors", _default("detectors"))),
         features=convert(FeaturesConfig, raw.get("features") or {}, "features"),
         discriminator=convert(DiscriminatorSpec | None, raw.get("discriminator"), "discriminator"),
         base_dir=base_dir,

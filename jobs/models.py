@@ -138,17 +138,18 @@ def load_discriminator(generator, shape: tuple[int, int, int], config: "AuditCon
                 storage_options=storage.storage_options(url, config.storage.endpoint_url))
 
 
-def add_scores(table: pa.Table, discriminator, targets, labels, config: "AuditConfig") -> pa.Table:
-    """recover()'s table with D's score per target and whether D calls it real (score > threshold)."""
+def add_scores(table: pa.Table, discriminator, targets, labels, *, batch_size: int, threshold: float) -> pa.Table:
+    """recover()'s table with D's score per target and whether D calls it real (score > threshold), scored in
+    batches of the actor's resolved batch size (the search's)."""
     if discriminator is None:
         return table
     if labels is None and "label" in table.column_names and discriminator.classes is not None:
         import torch
 
         labels = torch.tensor(table.column("label").to_pylist())  # the class the search found
-    scores = discriminator.score(targets, labels, batch_size=config.recovery.batch_size or 64).numpy()  # [N]
+    scores = discriminator.score(targets, labels, batch_size=batch_size).numpy()  # [N]
     table = table.append_column(SCORE, pa.array(scores, pa.float64()))
-    return table.append_column(REAL, pa.array(scores > config.discriminator.threshold, pa.bool_()))
+    return table.append_column(REAL, pa.array(scores > threshold, pa.bool_()))
 
 
 def result_columns(config: "AuditConfig") -> tuple[str, ...]:
