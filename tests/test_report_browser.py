@@ -43,7 +43,7 @@ RUN_INFO = {"fingerprint": "f" * 64, "generator_sha256": "a" * 64, "finished": "
 def chromium():
     missing = chromium_missing()
     if missing:
-        if os.environ.get("CI"):
+        if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
             pytest.fail(f"CI needs the browser check: {missing}")
         pytest.skip(missing)
     with browser() as context:
