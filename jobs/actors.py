@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass, replace
 
@@ -32,6 +33,11 @@ from .redact import redact_text
 from .sources import Item, SourceImage, content_hash
 from .targets import TargetCache, load_targets
 
+
+
+class GeneratorStalled(RuntimeError):
+    """No generator call finished for job.batch_timeout seconds: the shard fails and this actor's process,
+    whose thread is still inside G's forward pass, is restarted by the driver."""
 
 
 PROGRESS_GROUP = "progress"  # the actors' concurrency group for progress(): call it with .options(concurrency_group=...)
@@ -167,8 +173,8 @@ class AuditActor:
         from_cache = False
         if shard.generated:
             ids = generated_ids(shard.start, shard.stop)
-            z0, targets = recovery.sample_generated(self.generator, ids, seed=config.targets.generated.seed,
-                                                    settings=config.recovery)  # [N, *latent], [N, C, H, W]
+            z0, targets = self._watched(shard, lambda: recovery.sample_generated(
+                self.generator, ids, seed=config.targets.generated.seed, settings=config.recovery))  # [N, *latent], [N, C, H, W]
             labels = recovery.generated_labels(self.generator, ids, seed=config.targets.generated.seed)  # [N] or None
             where = [f"generated:seed={config.targets.generated.seed}"] * len(ids)
             rows = list(range(shard.start, shard.stop))
@@ -188,9 +194,10 @@ class AuditActor:
         if settings.start_cap == "auto" and start_cap is not None and not shard.generated:
             settings = replace(settings, start_cap=start_cap)
         search = recovery.audit_diffusion if recovery.is_diffusion(self.generator) else recovery.recover
-        table = search(self.generator, targets, ids, settings=settings,
-                                 feature_net=self.feature_net, encoder=self._encoder(), labels=labels,
-                                 progress=self._progress_for(shard.id, len(ids)))  # targets [N, C, H, W]
+        call = lambda: search(self.generator, targets, ids, settings=settings,  # noqa: E731
+                              feature_net=self.feature_net, encoder=self._encoder(), labels=labels,
+                              progress=self._progress_for(shard.id, len(ids)))  # targets [N, C, H, W]
+        table = call() if recovery.is_diffusion(self.generator) else self._watched(shard, call)
         table = models.add_scores(table, self.discriminator, targets, labels, batch_size=self.batch_size,
                                   threshold=config.discriminator.threshold)
         results = _results_table(table, shard.split, where, rows, [content_hash(t.numpy()) for t in targets], z0,
@@ -211,6 +218,42 @@ class AuditActor:
                                               shard_id=shard.id), endpoint)
         return ShardReport(shard.id, shard.split, shard.size, shard.size - len(rejects), len(rejects), failures,
                            time.time() - started, self.node, peak_rss_mb(), from_cache, evaluations(table))
+
+    def _watched(self, shard: Shard, work):
+        """work() in a thread of its own, failing the shard with GeneratorStalled when no generator call finishes
+        for job.batch_timeout seconds (recovery.batching.heartbeat: every checked batch of G's output is a beat). A forward pass that never returns cannot be interrupted from Python, so the
+        thread is left behind and the driver restarts this actor's process (jobs.dispatch)."""
+        from recovery.batching import generator_name, heartbeat
+
+        timeout = self.config.job.batch_timeout
+        if not timeout:
+            return work()
+        last, box = [time.monotonic()], {}
+
+        def beat(*_: object) -> None:
+            last[0] = time.monotonic()
+
+        def run() -> None:
+            try:
+                with heartbeat(beat):
+                    box["value"] = work()
+            except BaseException as exc:  # noqa: BLE001 - raised again in run_shard's thread below
+                box["error"] = exc
+
+        worker = threading.Thread(target=run, name=f"search-{shard.id}", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(min(1.0, timeout))
+            idle = time.monotonic() - last[0]
+            if worker.is_alive() and idle > timeout:
+                raise GeneratorStalled(
+                    f"generator ({generator_name(self.generator)}) made no progress for {idle:.0f}s on shard {shard.id} "
+                    f"(batches of up to {self.batch_size} latents): a forward pass did not return within "
+                    f"job.batch_timeout = {timeout:g}s; a G that hangs on large batches may run with a smaller "
+                    "recovery.batch_size")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
 
     def detector_task(self, name: str, *args):
         """A companion detectors' task (jobs.features.TASKS: features of a shard, kNN of a train block, pairs)."""

@@ -172,6 +172,8 @@ class JobConfig:
         the output lapses, so that another run may take the output over (jobs.lease).
     target_cache: in a checkpoint sweep, decode each shard's targets once and share them between the
         checkpoints through `<out>/cache/targets/` (jobs.targets); false decodes them again per checkpoint.
+    batch_timeout: seconds a shard may go without one generator call finishing (a forward pass that never
+        returns) before the shard fails naming the generator, the shard and the batch size; 0 turns it off.
     """
 
     shard_retries: int = 2
@@ -182,8 +184,11 @@ class JobConfig:
     actor_start_timeout: float = 900.0
     lease_timeout: float = 120.0
     target_cache: bool = True
+    batch_timeout: float = 600.0
 
     def _check(self, at: str) -> None:
+        if not self.batch_timeout >= 0:
+            raise ConfigError(f"{at}.batch_timeout: must be >= 0 (0: off), got {self.batch_timeout}")
         if not self.lease_timeout > 0:
             raise ConfigError(f"{at}.lease_timeout: must be > 0, got {self.lease_timeout}")
         if self.shard_retries < 0:

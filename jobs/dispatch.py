@@ -26,7 +26,7 @@ from collections import Counter, deque
 from typing import Any, Iterable
 
 from . import raylink
-from .actors import PROGRESS_GROUP, ShardReport
+from .actors import PROGRESS_GROUP, GeneratorStalled, ShardReport
 from .config import AuditConfig
 from .errors import JobError
 from .fleet import AuditActors
@@ -212,7 +212,11 @@ class _ShardLoop:
         try:
             report = ray.get(ref)
         except ray.exceptions.RayTaskError as exc:  # raised by our code in the actor (a storage outage among them)
-            self.actors.idle.append(actor)  # at the back: a retry goes to another actor when there is one
+            if isinstance(exc.cause, GeneratorStalled):  # G is still inside a forward pass there: a fresh process
+                ray.kill(actor, no_restart=False)
+                self.actors.rejoin(actor)
+            else:
+                self.actors.idle.append(actor)  # at the back: a retry goes to another actor when there is one
             self._failed_attempt(shard, reason(exc))
             return
         except ray.exceptions.RayError as exc:  # the actor's process or node died, or it lost contact

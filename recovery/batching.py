@@ -15,6 +15,8 @@ instead for a user who wants to pick a number (benchmarks/batch_size.py prints i
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import posixpath
 import time
@@ -144,4 +146,25 @@ def check_batch_output(generator: LoadedGenerator, x: torch.Tensor, dtype: torch
             f"generator ({generator_name(generator)}): for a batch of {len(x)} latents its {problem}; "
             "its output must not depend on the batch size (set recovery.batch_size to a size it handles, or fix G)"
         )
+    beat = _BEAT.get()
+    if beat is not None:
+        beat()
     return x
+
+
+_BEAT: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("memaudit_beat", default=None)
+
+
+@contextlib.contextmanager
+def heartbeat(beat: Callable[[], None]):
+    """Within the block, beat() is called after every batch of G's output is checked (check_batch_output).
+
+    A caller that watches for a generator that never returns (the job's job.batch_timeout) learns from it
+    that G still makes progress, whatever the search does between calls; a context variable rather than an
+    argument, so every path to G (sampling, screening, the search, rendering) reports without a new parameter.
+    """
+    token = _BEAT.set(beat)
+    try:
+        yield
+    finally:
+        _BEAT.reset(token)
