@@ -31,7 +31,7 @@ from stats import storage
 from .detector_config import FeaturesConfig, check_detectors
 from .errors import ConfigError
 from .fingerprint import settings_hash
-from .locations import check_locations
+from .locations import NAME_MAX, check_locations
 from .models import check_models
 from .overrides import TARGET_KEYS, read_raw
 from .sources import FORMATS, infer_format
@@ -42,7 +42,6 @@ DEMO_CONFIG = Path(__file__).resolve().parent / "assets" / "demo.yaml"  # `memau
 GENERATED = "generated"  # the split sampled from the generator itself (DESIGN §1)
 AUTO = "auto"  # targets.shard_size: sized by jobs.plan from the planned images
 SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # fullmatch: used in paths (split=<name>) and shard ids
-NAME_MAX = 255  # bytes in one file or folder name on common filesystems (ext4, xfs, APFS) and in an S3 key segment
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -419,7 +418,7 @@ def _targets(raw: Any) -> TargetsConfig:
             raise ConfigError(f"{at}: a split name must be letters, digits, '_', '-' or '.' (it is used in paths), "
                               f"got {name!r}")
         if len(f"split={name}") > NAME_MAX - 16:  # room for the split=<name> folder beside a part's suffixes
-            raise ConfigError(f"{at[:80]}...: a split name must be at most {NAME_MAX - 22} characters "
+            raise ConfigError(f"targets: split {name[:40]!r}...: a split name must be at most {NAME_MAX - 22} characters "
                               f"(it becomes the folder split=<name>), got {len(name)}")
         if isinstance(value, (str, Mapping)):
             value = [value]  # one source may be given without the list

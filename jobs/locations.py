@@ -38,6 +38,8 @@ def check_locations(config: "AuditConfig") -> None:
         if url and split_protocol(url)[0] == "memory":
             raise ConfigError(f"{name}: memory:// is private to one process, so Ray actors cannot read or write it; use a local path or an object store")
     _check_output_root(config.output)
+    for field, place in (("output", config.output), ("output.history", config.history)):
+        _check_name_lengths(field, place)
     _check_output_outside_sources(config)
 
 
@@ -66,6 +68,20 @@ def _reads(uri: str, out: str) -> bool:
     plain = uri.split("?", 1)[0] if split_protocol(uri)[0] in ("http", "https") else uri
     folder = plain.rstrip("/") + "/"  # a folder source, or a file (no folder lies inside a file)
     return out.startswith(folder) or folder.startswith(out)
+
+
+NAME_MAX = 255  # bytes in one file or folder name (ext4, xfs, APFS)
+
+
+def _check_name_lengths(field: str, url: str | None) -> None:
+    """A local output whose folder names are too long for the filesystem would pass --dry-run and fail at its first
+    write ("File name too long"); name the folder instead. Object stores have no per-folder limit."""
+    if not url or split_protocol(url)[0] not in (None, "file", "local"):
+        return
+    for part in split_protocol(url)[1].split("/"):
+        if len(part.encode()) > NAME_MAX:
+            raise ConfigError(f"{field}: the folder name {part[:40]}... is {len(part.encode())} bytes; a folder name "
+                              f"holds at most {NAME_MAX}")
 
 
 def _check_output_root(output: str) -> None:

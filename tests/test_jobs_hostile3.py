@@ -99,6 +99,14 @@ def test_a_run_model_too_long_for_a_file_name_is_refused_at_dry_run(tmp_path, ti
     _one_line_error(code, text, "run.model", "255")
 
 
+@pytest.mark.parametrize("field", ["path", "history"])
+def test_a_local_output_folder_name_too_long_is_refused_at_dry_run(tmp_path, tiny_generator, tiny_data, capsys, field):
+    output = {"path": str(tmp_path / "o"), "history": str(tmp_path / "h"), field: str(tmp_path / ("x" * 300) / "o")}
+    raw = tiny_config(tiny_generator, targets=_train(tiny_data), output=output)
+    code, text = _dry(tmp_path, raw, capsys)
+    _one_line_error(code, text, "output" if field == "path" else "output.history", "300 bytes")
+
+
 def test_a_name_too_long_is_not_a_transient_storage_error():
     from stats.storage import transient
 
