@@ -387,7 +387,12 @@ def _run(raw: Any) -> RunConfig:
     for key, value in tags.items():
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"run.tags.{key}: expected text or a number, got {shown(value)}")
+        for text in (str(key), str(value)):
+            if not text.isprintable():  # a newline would forge a log line; names reach logs, folders and HTML
+                raise ConfigError(f"run.tags: {text!r} holds a control character (newline, tab, ...); use plain text")
     model = convert(str | None, raw.get("model"), "run.model")
+    if model is not None and not model.isprintable():
+        raise ConfigError(f"run.model: {model!r} holds a control character (newline, tab, ...); use plain text")
     if model is not None:
         _check_model_name(model)
     return RunConfig(model=model, tags={str(k): str(v) for k, v in tags.items()})
@@ -429,6 +434,10 @@ def _targets(raw: Any) -> TargetsConfig:
             if isinstance(item, str):
                 item = {"uri": item}
             sources.append(convert(SourceConfig, item, f"{at}[{i}]"))
+        twin = next((other for other in splits if other.lower() == name.lower()), None)
+        if twin is not None:  # split=val and split=Val are one folder on a case-insensitive disk (macOS, Windows)
+            raise ConfigError(f"{at}: differs from split {twin!r} only in case; their folders split=<name> would be "
+                              "one on a case-insensitive filesystem: rename one")
         splits[name] = tuple(sources)
     generated = convert(GeneratedConfig | None, raw.get("generated"), "targets.generated")
     limit = raw.get("limit")

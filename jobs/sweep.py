@@ -66,10 +66,11 @@ def checkpoints(config: AuditConfig) -> list[tuple[str, str]]:
                               f"checkpoint=<name> of {len(checkpoint_folder(name).encode())} bytes, more than a folder "
                               f"name holds ({NAME_MAX}); rename the file")
     names = [n for n, _ in named]
-    duplicated = sorted({n for n in names if names.count(n) > 1})
+    folded = [n.lower() for n in names]  # checkpoint=<name> folders: one on a case-insensitive filesystem
+    duplicated = sorted({n for n, f in zip(names, folded) if folded.count(f) > 1})
     if duplicated:
         raise ConfigError(f"generator.{field}: several files of {pattern!r} are named {duplicated[0]!r} "
-                          "without their extension; a sweep names each output after its checkpoint")
+                          "without their extension (or up to case); a sweep names each output after its checkpoint")
     return sorted(named)
 
 

@@ -319,3 +319,48 @@ def test_a_discriminator_factory_that_raises_on_import_is_named(tmp_path, tiny_g
     raw = tiny_config(tiny_generator, targets=_train(tiny_data), discriminator={"factory": "hostile3_bad_d:make"})
     code, text = _dry(tmp_path, raw, capsys)
     _one_line_error(code, text, "error: discriminator.factory", "RuntimeError: no such backend")
+
+
+@pytest.mark.slow
+def test_a_run_over_pre_signed_sources_stores_no_signature_anywhere(ray_local, tmp_path, tiny_generator, tiny_data,
+                                                                     http_val, capsys):
+    """The whole output (parts, ranking, samples, report, run.json) and the log: ids and sources without the signature."""
+    val = [_signed(f"{http_val}/v{i:02d}.png") for i in range(6)]
+    raw = tiny_config(tiny_generator, targets={**_train(tiny_data), "val": val, "generated": {"count": 4}},
+                      output=str(tmp_path / "out"))
+    code = main(["--config", str(write_yaml(tmp_path / "audit.yaml", raw))])
+    captured = capsys.readouterr()
+    assert code == 0, captured.out + captured.err
+    assert TOKEN not in captured.out + captured.err
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert {"report.html", "ranking.parquet", "samples.parquet", "run.json"} <= {p.name for p in files}
+    leaked = [str(p) for p in files if TOKEN.encode() in p.read_bytes() or b"X-Amz-Credential" in p.read_bytes()]
+    assert not leaked
+    import pyarrow.parquet as pq
+
+    ids = pq.read_table(tmp_path / "out" / "results" / "split=val").column("image_id").to_pylist()
+    assert sorted(ids) == [f"{http_val}/v{i:02d}.png" for i in range(6)]
+
+
+def test_split_names_that_differ_only_in_case_are_refused(tmp_path, tiny_generator, tiny_data, capsys):
+    raw = tiny_config(tiny_generator, targets={**_train(tiny_data), "val": [str(tiny_data / "val" / "v0*.png")],
+                                               "Val": [str(tiny_data / "val" / "v05.png")]})
+    code, text = _dry(tmp_path, raw, capsys)
+    _one_line_error(code, text, "targets.Val", "'val'", "case")
+
+
+def test_checkpoints_that_differ_only_in_case_are_refused(tmp_path, tiny_generator, tiny_data, capsys):
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    shutil.copy(tiny_generator, folder / "ckpt-A.pt")
+    shutil.copy(tiny_generator, folder / "ckpt-a.pt")
+    raw = tiny_config(str(folder / "ckpt-*.pt"), targets=_train(tiny_data), output=str(tmp_path / "o"))
+    code, text = _dry(tmp_path, raw, capsys)
+    _one_line_error(code, text, "generator.torchscript", "case")
+
+
+@pytest.mark.parametrize("run", [{"model": "g\n2026-12-05 00:00:00 memaudit INFO forged"}, {"tags": {"step": "1\r2"}}])
+def test_a_run_name_or_tag_with_a_control_character_is_refused(tmp_path, tiny_generator, tiny_data, capsys, run):
+    raw = tiny_config(tiny_generator, targets=_train(tiny_data), run=run)
+    code, text = _dry(tmp_path, raw, capsys)
+    _one_line_error(code, text, "run.", "control character")
