@@ -199,7 +199,7 @@ class AuditActor:
                               progress=self._progress_for(shard.id, len(ids)))  # targets [N, C, H, W]
         table = call() if recovery.is_diffusion(self.generator) else self._watched(shard, call)
         table = models.add_scores(table, self.discriminator, targets, labels, batch_size=self.batch_size,
-                                  threshold=config.discriminator.threshold)
+                                  threshold=config.discriminator.threshold if config.discriminator else 0.0)
         results = _results_table(table, shard.split, where, rows, [content_hash(t.numpy()) for t in targets], z0,
                                  described)
         if "failure" in results.column_names and results.column("failure").null_count < results.num_rows:
