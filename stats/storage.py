@@ -16,8 +16,8 @@ import logging
 import os
 import random
 import re
-import tempfile
 import time
+import uuid
 from typing import Callable, TypeVar
 
 import fsspec
@@ -200,7 +200,8 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes, what: st
     """
     if isinstance(fs, LocalFileSystem):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=os.path.basename(path))
+        tmp = os.path.join(os.path.dirname(path) or ".", f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask's mode, as any file (mkstemp's is 0600)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

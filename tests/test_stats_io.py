@@ -144,6 +144,17 @@ def test_atomic_write_on_local_disk_leaves_only_the_file(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["report.html"]
 
 
+def test_atomic_write_gives_a_file_the_umasks_mode_so_a_shared_output_stays_readable(tmp_path):
+    import os
+
+    before = os.umask(0o022)
+    try:
+        write_atomic(fsspec.filesystem("file"), str(tmp_path / "report.html"), b"x")
+    finally:
+        os.umask(before)
+    assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+
+
 def test_report_on_a_local_directory(tmp_path):
     url = str(tmp_path / "run")
     write_run(url)
