@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 
 from .config import DEFAULT_OUTPUT, ConfigError, load_config
 from .redact import install_log_redaction, redact_text
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
 
     overrides = list(args.overrides) + ([f"resources.actors={args.actors}"] if args.actors is not None else [])
     started_ray = False
+    _stop_on_sigterm()
     try:
         if args.max_shards is not None and args.max_shards < 0:
             raise ConfigError(f"--max-shards: must be >= 0, got {args.max_shards}")
@@ -90,6 +93,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
         check_free(config.output, config.storage.endpoint_url)  # another run's live output: refused before Ray starts
         check_history(config)
         started_ray, address = _connect(args.address)
+        _stop_on_sigterm()  # ray.init replaced the handler with its own, which exits 1 without shutting Ray down
         from .driver import run_audit
 
         if found:
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
     except (ConfigError, RecoveryError, StatsError) as exc:
         print(f"error: {redact_text(str(exc))}", file=sys.stderr, flush=True)
         return BAD_INPUT
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (Terminated)
         print("interrupted: finished shards are kept; run the same command again to resume", file=sys.stderr, flush=True)
         return INTERRUPTED
     except Exception as exc:
@@ -117,6 +121,24 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
             import ray
 
             ray.shutdown()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, how schedulers (Slurm, Kubernetes, systemd, `ray job stop`) stop a job: handled as Ctrl-C is."""
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM raises Terminated in the main thread, so the run stops as on Ctrl-C: its lease released, Ray shut
+    down in `finally` (Ray's own handler exits at once, and its C++ core then dumps a crash report), exit 130.
+    A second SIGTERM while that cleanup runs is ignored; SIGKILL still ends the process (jobs.watchdog)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _check_output(out: str, endpoint_url: str | None) -> None:

@@ -6,6 +6,9 @@ size, instead of a progress line at 0 images for ever) and one whose output shap
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from conftest import LATENT, tiny_config, write_yaml
 from jobs.config import load_config
 from jobs.driver import run_audit
 from jobs.plan import make_plan
+from stats.exit_codes import INTERRUPTED
 
 pytestmark = pytest.mark.slow
 TESTS = str(Path(__file__).resolve().parent)
@@ -64,3 +68,37 @@ def test_a_generator_whose_shape_changes_with_the_batch_fails_its_shards_naming_
     assert outcome.exit_code == 1 and len(outcome.failed) == 2
     for why in outcome.failed.values():
         assert "BatchOutputError" in why and "batch of" in why and "[1, 4, 4]" in why and "[1, 8, 8]" in why, why
+
+
+def test_sigterm_to_the_driver_is_an_interruption_that_resumes(tmp_path, tiny_data, tiny_generator):
+    """A scheduler stops a job with SIGTERM: the same "interrupted" line and exit code as Ctrl-C, Ray shut down
+    cleanly (no crash dump of its C++ core), and the same command then finishes the run."""
+    from conftest import REPO
+    from test_jobs_driver_killed import _done_shards, _env, _session_pids
+
+    from stats import read_output
+
+    targets = {"train": [{"uri": str(tiny_data / "train.parquet"), "image_column": "image", "id_column": "id"}],
+               "shard_size": 1}
+    raw = tiny_config(tiny_generator, targets=targets)
+    raw["resources"]["actors"] = 1
+    raw["recovery"].update(iterations=60, restarts=2)
+    command = [sys.executable, "-m", "jobs.audit", "--config", str(write_yaml(tmp_path / "audit.yaml", raw)),
+               "--out", str(tmp_path / "out"), "--quiet"]
+    driver = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    deadline = time.time() + 120
+    while not _done_shards(tmp_path / "out") and driver.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGTERM)  # to the driver alone, as `kill <pid>` or a scheduler's stop does
+    _, err = driver.communicate(timeout=60)
+    assert driver.returncode == INTERRUPTED, err[-3000:]
+    assert "interrupted: finished shards are kept" in err
+    assert "SIGABRT" not in err and "*** " not in err and "Traceback" not in err, err[-3000:]
+    deadline = time.time() + 30
+    while _session_pids(driver.pid) and time.time() < deadline:  # the local Ray the driver started is gone too
+        time.sleep(0.2)
+    assert not _session_pids(driver.pid)
+    again = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert read_output(str(tmp_path / "out"))[0].num_rows == 12
