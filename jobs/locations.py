@@ -17,6 +17,7 @@ from fsspec.core import split_protocol
 from stats.storage import is_glob
 
 from .errors import ConfigError
+from .sources import infer_format
 
 if TYPE_CHECKING:
     from .config import AuditConfig
@@ -45,29 +46,37 @@ def check_locations(config: "AuditConfig") -> None:
 
 def _check_output_outside_sources(config: "AuditConfig") -> None:
     """An output (or output.history) that a source reads would feed the audit's own parts and tables back in as
-    images on the next run: a glob's folder (or below it for a recursive '**' glob), a folder source itself or
-    a folder inside it, or a folder that holds a source (--overwrite would clean up around the data). Refused,
-    naming the source."""
+    images on the next run: a glob's folder (or below it for a recursive '**' glob), a folder source itself or a
+    folder inside it. A folder source inside the output would mix the data with the audit's files (and
+    --overwrite's clean-up). Both are refused, naming the source."""
     for field, place in (("output", config.output), ("output.history", config.history)):
         if not place:
             continue
         out = place.rstrip("/") + "/"
         for split, sources in config.targets.splits.items():
             for i, src in enumerate(sources):
-                if _reads(src.uri, out):
+                clash = _clash(src.uri, out)
+                if clash == "reads":
                     raise ConfigError(f"{field}: {place} is read by targets.{split}[{i}].uri ({src.uri}); the audit's "
                                       "own files would become its inputs: put it elsewhere")
+                if clash == "holds":
+                    raise ConfigError(f"{field}: {place} holds the folder source targets.{split}[{i}].uri ({src.uri}); "
+                                      "the audit's files would mix with its data: put the output elsewhere")
 
 
-def _reads(uri: str, out: str) -> bool:
-    """Whether a source `uri` (a file, a folder or a glob) reads or holds the folder `out` (ending in '/')."""
+def _clash(uri: str, out: str) -> str | None:
+    """"reads" when a source `uri` (a file, a folder or a glob) reads the folder `out` (ending in '/'), "holds" when
+    `out` holds a folder source, else None."""
     if is_glob(uri):
         cut = min((uri.find(c) for c in "*?[" if c in uri), default=-1)
         folder = uri[:cut].rsplit("/", 1)[0] + "/"  # the glob's static folder
-        return out == folder or ("**" in uri and out.startswith(folder))
+        return "reads" if out == folder or ("**" in uri and out.startswith(folder)) else None
     plain = uri.split("?", 1)[0] if split_protocol(uri)[0] in ("http", "https") else uri
     folder = plain.rstrip("/") + "/"  # a folder source, or a file (no folder lies inside a file)
-    return out.startswith(folder) or folder.startswith(out)
+    if out.startswith(folder):
+        return "reads"
+    is_folder = infer_format(plain) is None  # a file source names its format by its extension; a folder does not
+    return "holds" if is_folder and folder.startswith(out) else None
 
 
 NAME_MAX = 255  # bytes in one file or folder name (ext4, xfs, APFS)

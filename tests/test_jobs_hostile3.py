@@ -152,6 +152,9 @@ def test_an_output_inside_a_folder_source_or_a_source_inside_the_output_is_refus
         raw = tiny_config(tiny_generator, targets={"train": [src]}, output=output)
         code, text = _dry(tmp_path, raw, capsys)
         _one_line_error(code, text, "output:", "targets.train[0].uri")
+    raw = tiny_config(tiny_generator, targets=_train(tiny_data), output=str(tiny_data.parent))  # a file source: fine
+    code, text = _dry(tmp_path, raw, capsys)
+    assert code == 0, text
 
 
 def test_a_history_inside_a_source_folder_is_refused(tmp_path, tiny_generator, tiny_data, capsys):
