@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -31,8 +30,9 @@ from stats import storage
 from .detector_config import FeaturesConfig, check_detectors
 from .errors import ConfigError
 from .fingerprint import settings_hash
-from .locations import NAME_MAX, check_locations
+from .locations import check_locations
 from .models import check_models
+from .names import check_run_text, check_split_name
 from .overrides import TARGET_KEYS, read_raw
 from .sources import FORMATS, infer_format
 from .typed import convert, mapping, plain, reject_unknown, shown
@@ -41,7 +41,6 @@ DEFAULT_OUTPUT = "memaudit-out"  # under the current directory, when neither --o
 DEMO_CONFIG = Path(__file__).resolve().parent / "assets" / "demo.yaml"  # `memaudit audit` with no --config
 GENERATED = "generated"  # the split sampled from the generator itself (DESIGN §1)
 AUTO = "auto"  # targets.shard_size: sized by jobs.plan from the planned images
-SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # fullmatch: used in paths (split=<name>) and shard ids
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -387,29 +386,9 @@ def _run(raw: Any) -> RunConfig:
     for key, value in tags.items():
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"run.tags.{key}: expected text or a number, got {shown(value)}")
-        for text in (str(key), str(value)):
-            if not text.isprintable():  # a newline would forge a log line; names reach logs, folders and HTML
-                raise ConfigError(f"run.tags: {text!r} holds a control character (newline, tab, ...); use plain text")
     model = convert(str | None, raw.get("model"), "run.model")
-    if model is not None and not model.isprintable():
-        raise ConfigError(f"run.model: {model!r} holds a control character (newline, tab, ...); use plain text")
-    if model is not None:
-        _check_model_name(model)
+    check_run_text(model, tags)
     return RunConfig(model=model, tags={str(k): str(v) for k, v in tags.items()})
-
-
-def _check_model_name(model: str) -> None:
-    """run.model becomes the folder `model=<name, percent-encoded>` of output.history: a name longer than a folder
-    name may be would fail the append after the whole audit ran ("File name too long")."""
-    from urllib.parse import quote
-
-    folder = f"model={quote(model, safe='')}"  # as stats.history.append names it
-    if not model.strip():
-        raise ConfigError("run.model: empty; give the model's name or leave run.model unset")
-    if len(folder.encode()) > NAME_MAX:
-        raise ConfigError(f"run.model: {len(model)} characters ({len(folder.encode())} bytes as the history's folder "
-                          f"model=<name>); a folder name holds at most {NAME_MAX} bytes: shorten it "
-                          "(put details in run.tags)")
 
 
 def _targets(raw: Any) -> TargetsConfig:
@@ -418,13 +397,7 @@ def _targets(raw: Any) -> TargetsConfig:
     for name, value in raw.items():
         if name in TARGET_KEYS:
             continue
-        at = f"targets.{name}" if isinstance(name, str) and name.isprintable() else f"targets: split {name!r}"
-        if not isinstance(name, str) or not SPLIT_NAME.fullmatch(name):  # fullmatch: '$' would pass "val\n"
-            raise ConfigError(f"{at}: a split name must be letters, digits, '_', '-' or '.' (it is used in paths), "
-                              f"got {name!r}")
-        if len(f"split={name}") > NAME_MAX - 16:  # room for the split=<name> folder beside a part's suffixes
-            raise ConfigError(f"targets: split {name[:40]!r}...: a split name must be at most {NAME_MAX - 22} characters "
-                              f"(it becomes the folder split=<name>), got {len(name)}")
+        at = check_split_name(name, splits)
         if isinstance(value, (str, Mapping)):
             value = [value]  # one source may be given without the list
         if not isinstance(value, list) or not value:
@@ -434,10 +407,6 @@ def _targets(raw: Any) -> TargetsConfig:
             if isinstance(item, str):
                 item = {"uri": item}
             sources.append(convert(SourceConfig, item, f"{at}[{i}]"))
-        twin = next((other for other in splits if other.lower() == name.lower()), None)
-        if twin is not None:  # split=val and split=Val are one folder on a case-insensitive disk (macOS, Windows)
-            raise ConfigError(f"{at}: differs from split {twin!r} only in case; their folders split=<name> would be "
-                              "one on a case-insensitive filesystem: rename one")
         splits[name] = tuple(sources)
     generated = convert(GeneratedConfig | None, raw.get("generated"), "targets.generated")
     limit = raw.get("limit")

@@ -17,6 +17,7 @@ from fsspec.core import split_protocol
 from stats.storage import is_glob
 
 from .errors import ConfigError
+from .names import NAME_MAX
 from .sources import infer_format
 
 if TYPE_CHECKING:
@@ -77,9 +78,6 @@ def _clash(uri: str, out: str) -> str | None:
         return "reads"
     is_folder = infer_format(plain) is None  # a file source names its format by its extension; a folder does not
     return "holds" if is_folder and folder.startswith(out) else None
-
-
-NAME_MAX = 255  # bytes in one file or folder name (ext4, xfs, APFS)
 
 
 def _check_name_lengths(field: str, url: str | None) -> None:
