@@ -33,6 +33,7 @@ from .fingerprint import settings_hash
 from .locations import check_locations
 from .models import check_models
 from .names import check_run_text, check_split_name
+from .redact import strip_secrets
 from .overrides import TARGET_KEYS, read_raw
 from .sources import FORMATS, infer_format
 from .typed import convert, mapping, plain, reject_unknown, shown
@@ -251,8 +252,11 @@ class AuditConfig:
         return settings_hash(self)
 
     def identity(self, url: str) -> str:
-        """A location as it enters the fingerprint, shard ids and derived image ids (storage.identity)."""
-        return storage.identity(url, self.base_dir)
+        """A location as it enters the fingerprint, shard ids and derived image ids (storage.identity), without
+        the URL's credentials (redact.strip_secrets): a pre-signed URL signed again for a resumed run (its
+        signature and expiry change) is the same location, and the files' versions still tell a changed file."""
+        found = storage.identity(url, self.base_dir)
+        return strip_secrets(found) if any(c in found for c in "?#@") else found
 
     def to_dict(self) -> dict:
         """The resolved config, JSON-ready, as saved in run.json (the storage section holds only endpoint_url)."""

@@ -203,7 +203,9 @@ def test_pre_signed_sources_give_ids_and_sources_without_their_signature(tmp_pat
     assert items[0].image_id == plan.ids["val"][0] and items[0].data[:4] == b"\x89PNG"  # read with the signature
     again = load_config(write_yaml(tmp_path / "again.yaml", {**raw, "targets": {
         **_train(tiny_data), "val": [_signed(f"{http_val}/v{i:02d}.png", 60) for i in range(3)]}}))
-    assert make_plan(again).ids["val"] == plan.ids["val"]
+    resigned = make_plan(again)
+    assert resigned.ids["val"] == plan.ids["val"]
+    assert resigned.fingerprint == plan.fingerprint and [s.id for s in resigned.shards] == [s.id for s in plan.shards]
 
 
 def test_sources_that_differ_in_a_plain_query_parameter_stay_apart(tmp_path, tiny_generator, tiny_data, http_val):
