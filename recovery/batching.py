@@ -138,7 +138,8 @@ def check_batch_output(generator: LoadedGenerator, x: torch.Tensor, dtype: torch
     elif range_check and len(x):
         lo, hi = generator.spec.output_range
         slack = 0.05 * (hi - lo)
-        low, high = float(x.min()), float(x.max())
+        finite = x[torch.isfinite(x)]  # NaN or inf images are each image's failure (a rejects row), not the batch's
+        low, high = (float(finite.min()), float(finite.max())) if finite.numel() else (lo, hi)
         if low < lo - slack or high > hi + slack:
             problem = f"output spans [{low:.3g}, {high:.3g}], outside generator.output_range [{lo:g}, {hi:g}]"
     if problem is not None:

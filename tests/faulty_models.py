@@ -46,8 +46,8 @@ class NanWhenMarked(nn.Module):
 
 class BatchDependent(nn.Module):
     """The tiny generator on the load check's small batches; above `above` images it misbehaves as `fault` says:
-    "shape" (a 4x4 image instead of 8x8), "channels" (3 channels instead of 1), "dtype" (float16) or
-    "range" (outputs scaled to [-3, 3], outside output_range)."""
+    "shape" (a 4x4 image instead of 8x8), "channels" (3 channels instead of 1), "dtype" (float16),
+    "range" (outputs scaled to [-3, 3], outside output_range) or "inf" (every value infinite)."""
 
     def __init__(self, fault: str, above: int = 3, latent: int = 8, side: int = 8) -> None:
         super().__init__()
@@ -65,6 +65,8 @@ class BatchDependent(nn.Module):
             return x.expand(-1, 3, -1, -1)
         if self.fault == "dtype":
             return x.half()
+        if self.fault == "inf":
+            return x * float("inf")
         return 3 * x
 
 

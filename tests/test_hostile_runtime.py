@@ -168,3 +168,13 @@ def test_generated_images_outside_output_range_on_larger_batches_are_refused():
     with pytest.raises(RecoveryError, match=r"batch of 8.*spans \[-?\d.*outside .*output_range \[-1, 1\]"):
         sample_generated(g, [f"g{k}" for k in range(8)], seed=0, settings=settings)
     sample_generated(g, ["g0", "g1"], seed=0, settings=settings)  # small batches are fine
+
+
+def test_a_generator_that_turns_infinite_on_larger_batches_leaves_failures_not_recoveries():
+    g = load_generator(faulty("inf"), device="cpu")
+    settings = RecoverySettings(protocol="paper", iterations=2, batch_size=8)
+    _, images = sample_generated(g, ["g0", "g1"], seed=0, settings=settings)  # [2, 1, 8, 8], finite at batch 2
+    table = recover(g, images.repeat(4, 1, 1, 1), [f"i{k}" for k in range(8)], settings=settings)
+    assert table.column("failure").null_count == 0  # each image a failure (a rejects row in the job), none "recovered"
+    _, inf = sample_generated(g, [f"g{k}" for k in range(8)], seed=0, settings=settings)  # non-finite: per image
+    assert not torch.isfinite(inf).any()
