@@ -13,6 +13,7 @@ value looks like a token (TOKEN_VALUE: long, no '.' or '/'); when in doubt it is
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from typing import Any
@@ -32,7 +33,12 @@ _URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/\s@'\
 
 def _secret(param: str) -> bool:
     name, _, value = param.partition("=")
-    return bool(SECRET_NAME.search(name) or TOKEN_VALUE.match(value) or not name)
+    return _secret_name(name) or bool(TOKEN_VALUE.match(value))
+
+
+@functools.lru_cache(maxsize=1024)
+def _secret_name(name: str) -> bool:  # a listing repeats the same few names per URL: cached
+    return not name or bool(SECRET_NAME.search(name))
 
 
 def _split_query(rest: str) -> tuple[str, list[str], bool]:
@@ -61,11 +67,13 @@ def strip_secrets(url: str) -> str:
     """A URL without its userinfo, secret query parameters and fragment, and without a marker: what an image id
     derived from the URL is made of, so that it stays the same when the URL is signed again (a pre-signed URL's
     signature and expiry change every time) and never carries a credential into the tables or the report."""
-    match = _URL.fullmatch(url)
-    if match is None or match.group("done"):
+    scheme, sep, rest = url.partition("://")
+    if not sep or REDACTED in rest:
         return url
-    path, kept, _ = _split_query(match.group("rest"))
-    return f"{match.group('scheme')}{path}" + (f"?{'&'.join(kept)}" if kept else "")
+    authority, slash, tail = rest.partition("/")
+    rest = authority.rpartition("@")[2] + slash + tail  # without user:password@
+    path, kept, _ = _split_query(rest)
+    return f"{scheme}://{path}" + (f"?{'&'.join(kept)}" if kept else "")
 
 
 def redact_text(text: str) -> str:
