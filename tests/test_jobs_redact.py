@@ -104,3 +104,15 @@ def test_a_query_string_is_not_a_glob_on_http_but_a_question_mark_is_one_elsewhe
 
     assert not is_glob(f"https://host/models/g.pt?X-Amz-Signature={TOKEN}")
     assert is_glob("https://host/models/*.pt?sig=1") and is_glob("data/img-??.png") and is_glob("s3://b/[ab].pt")
+
+
+def test_parameters_that_name_data_stay_and_secret_ones_go():
+    from jobs.redact import strip_secrets
+
+    assert redact_text("http://h/get?file=a.png") == "http://h/get?file=a.png"
+    assert redact_text("http://h/get?file=a.png&sig=xyz") == f"http://h/get?file=a.png&{REDACTED}"
+    assert redact_text("http://h/x?id=AbCdEf0123456789xyz") == f"http://h/x?{REDACTED}"  # a token-like value, any name
+    for name in ("X-Amz-Signature", "X-Goog-Credential", "token", "access_token", "api_key", "sv", "se", "Expires"):
+        assert redact_text(f"http://h/x.png?{name}=v") == f"http://h/x.png?{REDACTED}", name
+    assert strip_secrets("https://u:p@h/x.png?X-Amz-Signature=abc&file=a.png#frag") == "https://h/x.png?file=a.png"
+    assert strip_secrets("data/img?.png") == "data/img?.png"  # a local glob is no URL
