@@ -111,14 +111,14 @@ def _png16(data: bytes, img: Image.Image) -> np.ndarray | None:
     if rawmode == "LA;16B":
         img.tile = [img.tile[0]._replace(args="RGBA")]
         px = np.asarray(_load(img), dtype=np.uint16)  # [H, W, 4]: gray high, gray low, alpha high, alpha low
-        return ((px[..., :1] << 8 | px[..., 1:2]) / 65535.0).astype(np.float32)
+        return (px[..., :1] << 8 | px[..., 1:2]).astype(np.float32) / np.float32(65535)
     if rawmode not in _LOW_BYTES:
         return None
     high = np.asarray(_load(img), dtype=np.uint16)[..., :3]  # [H, W, 3]
     again = _open(data)
     again.tile = [again.tile[0]._replace(args=_LOW_BYTES[rawmode])]
     low = np.asarray(_load(again), dtype=np.uint16)[..., :3]
-    return ((high << 8 | low) / 65535.0).astype(np.float32)  # alpha dropped, as for 8-bit images
+    return (high << 8 | low).astype(np.float32) / np.float32(65535)  # alpha dropped, as for 8-bit images
 
 
 def _from_array(arr: np.ndarray) -> np.ndarray:
