@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Callable, Sequence
 
@@ -24,6 +25,8 @@ from .priors import check_geometry, sample_for_ids, stream, to_prior_space
 from .restarts import ImageSearch, RestartScheduler
 from .screening import Screener
 from .settings import RecoverySettings, SearchPlan
+
+log = logging.getLogger("memaudit.recovery")
 
 GENERATED_TAG = "generated"  # the stream tag of generated images' z0, distinct from every restart index
 GENERATED_LABEL_TAG = "generated-label"  # and of their classes
@@ -45,16 +48,23 @@ def _evaluator(objective: Objective, to_latent, dim: int, penalty: float):
         (grad,) = torch.autograd.grad(loss.sum(), u)
         return loss.detach(), mse, mae, grad, [None] * len(points)
 
+    warned = []
+
     def evaluate(points: torch.Tensor, index: torch.Tensor):
         try:
             return run(points, index)
         except (torch.OutOfMemoryError, BatchOutputError):  # the device's or G's fault, not one image's
             raise
         except Exception as e:  # noqa: BLE001 - recorded on the image's row, never silent
+            message = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             if len(points) == 1:
                 inf = torch.full((1,), float("inf"), device=points.device)
-                reason = f"generator raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                return inf, inf, inf, torch.zeros(1, dim, device=points.device), [reason]
+                return inf, inf, inf, torch.zeros(1, dim, device=points.device), [f"generator raised {message}"]
+            if not warned:  # a G that fails only on large batches would otherwise run len(points) times slower, unsaid
+                warned.append(True)
+                log.warning("generator (%s) raised on a batch of %d latents (%s); retrying image by image, which is "
+                            "slower: if it fails only on large batches, set recovery.batch_size lower",
+                            batching.generator_name(objective.generator), len(points), message)
         parts = [evaluate(points[k : k + 1], index[k : k + 1]) for k in range(len(points))]
         return (*(torch.cat([p[j] for p in parts]) for j in range(4)), [p[4][0] for p in parts])
 

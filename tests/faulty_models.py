@@ -47,7 +47,7 @@ class NanWhenMarked(nn.Module):
 class BatchDependent(nn.Module):
     """The tiny generator on the load check's small batches; above `above` images it misbehaves as `fault` says:
     "shape" (a 4x4 image instead of 8x8), "channels" (3 channels instead of 1), "dtype" (float16),
-    "range" (outputs scaled to [-3, 3], outside output_range) or "inf" (every value infinite)."""
+    "range" (outputs scaled to [-3, 3], outside output_range), "inf" (every value infinite) or "raise"."""
 
     def __init__(self, fault: str, above: int = 3, latent: int = 8, side: int = 8) -> None:
         super().__init__()
@@ -67,6 +67,8 @@ class BatchDependent(nn.Module):
             return x.half()
         if self.fault == "inf":
             return x * float("inf")
+        if self.fault == "raise":
+            raise RuntimeError(f"cannot run a batch of {len(z)}")
         return 3 * x
 
 

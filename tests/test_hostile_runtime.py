@@ -178,3 +178,14 @@ def test_a_generator_that_turns_infinite_on_larger_batches_leaves_failures_not_r
     assert table.column("failure").null_count == 0  # each image a failure (a rejects row in the job), none "recovered"
     _, inf = sample_generated(g, [f"g{k}" for k in range(8)], seed=0, settings=settings)  # non-finite: per image
     assert not torch.isfinite(inf).any()
+
+
+def test_a_generator_that_raises_on_larger_batches_is_searched_image_by_image_and_says_so(caplog):
+    g = load_generator(faulty("raise"), device="cpu")
+    settings = RecoverySettings(protocol="paper", iterations=2, batch_size=8)
+    _, images = sample_generated(g, ["g0", "g1"], seed=0, settings=settings)
+    with caplog.at_level("WARNING", logger="memaudit.recovery"):
+        table = recover(g, images.repeat(4, 1, 1, 1), [f"i{k}" for k in range(8)], settings=settings)
+    assert table.column("failure").null_count == 8  # every image searched, one at a time
+    warnings = [r.getMessage() for r in caplog.records if "retrying image by image" in r.getMessage()]
+    assert len(warnings) == 1 and "BatchDependent" in warnings[0] and "cannot run a batch of" in warnings[0]
