@@ -1,4 +1,4 @@
-"""False-positive rate and power of the companion detectors (issue 12), and what they say about the bundled models.
+"""False-positive rate and power of the companion detectors, and what they say about the bundled models.
 
     python benchmarks/detectors.py                 # 100 trials per setting, about 2-4 minutes on 2 cores
     python benchmarks/detectors.py --trials 300
@@ -7,7 +7,8 @@ Part 1, simulation on the bundled digits (all 1797 images of jobs/assets/digits,
 = pixels in [-1, 1], L2): each trial draws disjoint train (400), val (300) and generated (300) sets from
 the pool. Null: the generated images are fresh pool images (exchangeable with val: no detector should
 fire more often than alpha = 0.01). Power: a fraction f of the generated images are copies of training
-images (drawn with replacement), exact or with N(0, 0.05) pixel noise, the rest fresh.
+images (drawn with replacement), exact or with N(0, 0.05) pixel noise, the rest fresh. "100% noisy copies" is
+a generator that only reproduces (noisy crops of) its training images: the birthday test's case.
 
 Part 2: each bundled generator (jobs/assets/models) sampled 300 times against its own training set and
 val.parquet; GLO on 64 images memorizes, the DCGAN on 1200 should not.
@@ -56,7 +57,7 @@ def simulate(trials: int, settings) -> None:
     print(f"Part 1: {len(pool)} digits, train 400 / val 300 / generated 300, {trials} trials per row ({settings_line})")
     cases = [("null (fresh images)", 0.0, 0.0), ("5% exact copies", 0.05, 0.0), ("10% exact copies", 0.10, 0.0),
              ("25% exact copies", 0.25, 0.0), ("100% exact copies", 1.0, 0.0), ("10% noisy copies", 0.10, 0.05),
-             ("25% noisy copies", 0.25, 0.05)]
+             ("25% noisy copies", 0.25, 0.05), ("100% noisy copies", 1.0, 0.05)]
     names = DETECTORS + ["mifid (paper's rule alone)"]
     print(f"{'generated split':<22}" + "".join(f"{n:>12}" for n in DETECTORS) + f"{'mifid, paper rule alone':>26}")
     for label, share, noise in cases:

@@ -78,7 +78,7 @@ def _birthday(x: Inputs) -> tuple[DetectorResult, dict[str, pa.Table]]:
     gen_ids, gen = x.features.get(x.generated, EMPTY)
     real = [x.features[s][1] for s in (x.reference, x.train) if s in x.features and len(x.features[s][1])]
     row, pairs = birthday_test(gen_ids, gen, np.concatenate(real) if real else np.zeros((0, 0)), x.settings,
-                               metric=x.metric)
+                               metric=x.metric, held_out=x.features.get(x.reference, EMPTY)[1])
     return row, {"birthday": pairs}
 
 

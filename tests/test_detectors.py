@@ -152,6 +152,26 @@ def test_birthday_on_a_generator_with_a_known_small_support():
     assert not fresh.fired
 
 
+def test_birthday_counts_pairs_so_three_batches_of_crops_fire():
+    """A generator that only reproduces (noisy crops of) 400 training images, 300 samples, batches of 100: every
+    batch holds a near-duplicate, but three batches could never give p <= 0.01 when batches were counted; the
+    pair count does. Fresh images from the same distribution do not fire (over seeds, at most alpha's share)."""
+    rng = np.random.default_rng(1)
+    train = rng.normal(size=(400, 32))
+    generated = train[rng.integers(0, 400, 300)] + rng.normal(0, 0.05, (300, 32))
+    real = rng.normal(size=(600, 32))
+    row, _ = birthday_test([f"g{i}" for i in range(300)], generated, real, StatsSettings())
+    assert row.count == 3 and row.statistic == 1.0  # 3 of 3 batches hold a near-duplicate pair
+    assert row.fired and row.p_value <= 0.002, row.reason
+    fired = 0
+    for seed in range(40):
+        r = np.random.default_rng(100 + seed)
+        fresh, _ = birthday_test([f"g{i}" for i in range(300)], r.normal(size=(300, 32)), r.normal(size=(600, 32)),
+                                 StatsSettings(seed=seed))
+        fired += fresh.fired
+    assert fired <= 2  # alpha = 0.01: P(3 or more of 40) < 0.01
+
+
 def test_exact_count_pvalue():
     assert below_min_pvalue(0, 5, 5) == 1.0
     assert below_min_pvalue(1, 10, 30) == pytest.approx(10 / 40)
