@@ -1,0 +1,181 @@
+"""Diffusion models (generator.diffusers): loading, the per-image statistics, and the audit's verdict on the two
+bundled DDPMs (jobs/assets/models/ddpm-64 memorizes its 64 training digits, ddpm-1200 does not).
+
+The statistics run with 10 DDIM steps (the default is 50) and on subsets, so the module stays well under a
+minute on 2 cores; the end-to-end job is marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from recovery import GeneratorSpec, RecoveryError, RecoverySettings, load_generator, sample_generated, to_target  # noqa: E402
+from recovery.diffusion_stats import audit_diffusion  # noqa: E402
+from recovery.settings import DiffusionSettings  # noqa: E402
+from stats import StatsSettings, reduce  # noqa: E402
+
+from conftest import tiny_config, write_yaml  # noqa: E402
+
+ASSETS = Path(__file__).resolve().parents[1] / "jobs" / "assets"
+MODELS = ASSETS / "models"
+FAST = DiffusionSettings(steps=10)
+
+
+def _model(name: str, **diffusion) -> object:
+    return load_generator(GeneratorSpec(diffusers=str(MODELS / name), diffusion=replace(FAST, **diffusion)), device="cpu")
+
+
+def _digits(name: str, n: int, start: int = 0) -> tuple[list[str], torch.Tensor]:
+    table = pq.read_table(ASSETS / "digits" / name).slice(start, n)
+    x = torch.stack([to_target(b, shape=(1, 16, 16)) for b in table.column("image").to_pylist()])
+    return [str(i) for i in table.column("id").to_pylist()], x  # [n, 1, 16, 16] in [-1, 1]
+
+
+def _audit(g, splits: dict) -> pa.Table:
+    parts = []
+    for split, (ids, x) in splits.items():
+        t = audit_diffusion(g, x, ids, settings=RecoverySettings(seed=0))
+        parts.append(t.append_column("split", pa.array([split] * t.num_rows)))
+    return pa.concat_tables(parts)
+
+
+def _auc(results: pa.Table, column: str) -> float:
+    train = results.filter(pc.equal(results.column("split"), "train")).column(column).to_numpy()
+    val = results.filter(pc.equal(results.column("split"), "val")).column(column).to_numpy()
+    return float((train[:, None] < val[None, :]).mean())
+
+
+# --- loading ------------------------------------------------------------------------------------------------
+
+
+def test_a_bundled_ddpm_loads_samples_and_stays_small():
+    g = _model("ddpm-64")
+    assert g.output_shape == (1, 16, 16)
+    z0, images = sample_generated(g, ["a", "b"], seed=0)  # seeded noise through the DDIM sampler
+    assert z0.shape == (2, 1, 16, 16) and images.shape == (2, 1, 16, 16)
+    assert images.min() >= -1 and images.max() <= 1
+    z1, again = sample_generated(g, ["b"], seed=0)
+    assert torch.equal(z1[0], z0[1]) and torch.allclose(again[0], images[1], atol=1e-5)  # per id, not per batch
+    for name in ("ddpm-64", "ddpm-1200"):
+        size = sum(p.stat().st_size for p in (MODELS / name).rglob("*") if p.is_file())
+        assert size < 5_000_000, f"{name} is {size} bytes"
+
+
+def test_a_folder_on_s3_loads_like_a_local_one(s3, bucket, moto_server):
+    s3.put(str(MODELS / "ddpm-64") + "/", f"{bucket}/models/ddpm-64/", recursive=True)
+    spec = GeneratorSpec(diffusers=f"s3://{bucket}/models/ddpm-64", diffusion=FAST)
+    remote = load_generator(spec, device="cpu", storage_options={"client_kwargs": {"endpoint_url": moto_server}})
+    local = _model("ddpm-64")
+    z = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(remote(z), local(z))
+
+
+def test_missing_or_garbled_folders_are_one_clear_error(tmp_path):
+    with pytest.raises(RecoveryError, match="generator.diffusers: .*nowhere is not a folder"):
+        load_generator(GeneratorSpec(diffusers=str(tmp_path / "nowhere")), device="cpu")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RecoveryError, match="neither unet/config.json .* not a diffusers folder"):
+        load_generator(GeneratorSpec(diffusers=str(tmp_path / "empty")), device="cpu")
+    garbled = tmp_path / "garbled"
+    shutil.copytree(MODELS / "ddpm-64", garbled)
+    (garbled / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(RecoveryError, match="cannot load a UNet2DModel from"):
+        load_generator(GeneratorSpec(diffusers=str(garbled)), device="cpu")
+    (garbled / "scheduler" / "scheduler_config.json").write_text("{not json")
+    with pytest.raises(RecoveryError, match="bad scheduler config"):
+        load_generator(GeneratorSpec(diffusers=str(garbled)), device="cpu")
+
+
+def test_without_the_extra_the_error_names_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # what `import diffusers` sees when it is not installed
+    with pytest.raises(RecoveryError, match=r"needs the 'diffusion' extra: pip install memaudit\[diffusion\]"):
+        load_generator(GeneratorSpec(diffusers=str(MODELS / "ddpm-64")), device="cpu")
+
+
+# --- the statistics -----------------------------------------------------------------------------------------
+
+
+def test_rows_depend_on_the_image_and_seed_not_on_batch_or_order():
+    g = _model("ddpm-64", timesteps=(100, 200), noises=1)
+    ids, x = _digits("val.parquet", 6)
+    a = audit_diffusion(g, x, ids, settings=RecoverySettings(seed=3, batch_size=6))
+    b = audit_diffusion(g, x.flip(0), ids[::-1], settings=RecoverySettings(seed=3, batch_size=4))
+    b = b.take(pa.array(list(range(5, -1, -1))))
+    for column in ("denoise_error", "inversion_error", "proximal_error"):
+        np.testing.assert_allclose(a.column(column).to_numpy(), b.column(column).to_numpy(), rtol=1e-4)
+    again = audit_diffusion(g, x, ids, settings=RecoverySettings(seed=3, batch_size=6))
+    assert again.drop(["seconds"]).equals(a.drop(["seconds"]))  # same config and seed: the same table
+    other = audit_diffusion(g, x, ids, settings=RecoverySettings(seed=4, batch_size=6))
+    assert not np.allclose(other.column("denoise_error").to_numpy(), a.column("denoise_error").to_numpy())
+    assert a.column("error").equals(a.column("denoise_error"))  # the default statistic is the verdict's error
+
+
+@pytest.fixture(scope="module")
+def memorizing() -> pa.Table:
+    return _audit(_model("ddpm-64"), {"train": _digits("train-64.parquet", 32), "val": _digits("val.parquet", 48)})
+
+
+@pytest.fixture(scope="module")
+def generalizing() -> pa.Table:
+    return _audit(_model("ddpm-1200"), {"train": _digits("train.parquet", 32), "val": _digits("val.parquet", 48)})
+
+
+def test_the_memorizing_model_separates_train_from_val_and_the_verdict_says_so(memorizing):
+    for column in ("denoise_error", "inversion_error", "proximal_error"):
+        assert _auc(memorizing, column) > 0.9, column
+    verdict = reduce(memorizing, settings=StatsSettings(bootstrap=0)).verdict
+    assert verdict.label == "memorization", verdict.sentence
+
+
+def test_the_model_trained_on_1200_digits_gives_no_evidence(generalizing):
+    verdict = reduce(generalizing, settings=StatsSettings(bootstrap=0)).verdict
+    assert verdict.label == "no evidence", verdict.sentence
+    assert _auc(generalizing, "denoise_error") < 0.75
+
+
+# --- the job ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_job_audits_a_diffusion_model_and_resumes(tmp_path, ray_local):
+    from jobs.config import load_config
+    from jobs.driver import run_audit
+    from stats.io import read_output
+
+    config = tiny_config("unused", generator={"diffusers": str(MODELS / "ddpm-64"), "diffusion": {"steps": 10}},
+                         targets={"train": [{"uri": str(ASSETS / "digits" / "train-64.parquet"), "image_column": "image",
+                                             "id_column": "id"}],
+                                  "val": [{"uri": str(ASSETS / "digits" / "val.parquet"), "image_column": "image",
+                                           "id_column": "id"}],
+                                  "generated": {"count": 16, "seed": 0}, "limit": 24},
+                         recovery={"batch_size": 32}, detectors=["recovery", "neighbours"],
+                         output=str(tmp_path / "out"))
+    path = write_yaml(tmp_path / "audit.yaml", config)
+    reduction = run_audit(load_config(path))
+    assert reduction.verdict.label == "memorization", reduction.verdict.sentence
+    results, rejects, _, run_info = read_output(str(tmp_path / "out"))
+    assert results.num_rows == 24 + 24 + 16 and rejects.num_rows == 0
+    for column in ("denoise_error", "inversion_error", "proximal_error", "latent"):
+        assert column in results.column_names
+    generated = results.filter(pc.equal(results.column("split"), "generated"))
+    assert max(generated.column("mse").to_pylist()) < 1e-2  # DDIM samples invert back to themselves
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "Extraction by generation" in html
+    parts = sorted(p.name for p in (tmp_path / "out" / "results").rglob("*.parquet"))
+    again = run_audit(load_config(path))  # resume: every shard is done, nothing runs again
+    assert again.verdict.label == reduction.verdict.label
+    assert sorted(p.name for p in (tmp_path / "out" / "results").rglob("*.parquet")) == parts
+    json.dumps(run_info)
