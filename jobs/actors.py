@@ -30,7 +30,8 @@ from . import encoders, models, outputs
 from .config import AuditConfig
 from .plan import Shard, generated_ids
 from .redact import redact_text
-from .sources import Item, SourceImage, content_hash
+from .formats import Item
+from .sources import SourceImage, content_hash
 from .targets import TargetCache, load_targets
 
 

@@ -35,7 +35,7 @@ from .models import check_models
 from .names import check_run_text, check_split_name
 from .redact import strip_secrets
 from .overrides import TARGET_KEYS, read_raw
-from .sources import FORMATS, infer_format
+from .formats import FORMATS, infer_format
 from .typed import convert, mapping, plain, reject_unknown, shown
 
 DEFAULT_OUTPUT = "memaudit-out"  # under the current directory, when neither --out nor `output:` is given

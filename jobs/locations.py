@@ -18,7 +18,7 @@ from stats.storage import is_glob
 
 from .errors import ConfigError
 from .names import NAME_MAX
-from .sources import infer_format
+from .formats import infer_format
 
 if TYPE_CHECKING:
     from .config import AuditConfig

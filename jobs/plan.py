@@ -32,7 +32,8 @@ from .config import AUTO, GENERATED, AuditConfig
 from .errors import ConfigError
 from .fingerprint import fingerprint
 from .redact import redact_text, strip_secrets
-from .sources import FORMATS, ImageFiles, SourceError, SourceListing, list_source, read_ids, select_rows
+from .formats import FORMATS, SourceError
+from .sources import SourceListing, list_source, read_ids, select_rows
 
 AUTO_SHARDS = 64  # targets.shard_size auto: about this many shards (finer than the actors: none idles at the end)
 AUTO_MIN = 16  # ... but no shard smaller than this (per-shard overhead: a task, two part files)
@@ -245,14 +246,11 @@ def _ids(config: AuditConfig, per_source) -> list[str | None]:
 def _cut(config: AuditConfig, split: str, listing: SourceListing, positions: np.ndarray, size: int) -> list[Shard]:
     """One source's selected positions cut into shards of `size` images, each with its file segments."""
     key = config.identity(listing.source.uri)
-    one_row = isinstance(FORMATS[listing.source.format], ImageFiles)  # image files: position p is file p, row 0
+    fmt = FORMATS[listing.source.format]
     shards = []
     for start in range(0, len(positions), size):
         chunk = positions[start:start + size]
-        if one_row:
-            segments = tuple((listing.files[p], range(0, 1)) for p in chunk.tolist())
-        else:
-            segments = tuple((listing.files[f], _compact(rows)) for f, rows in listing.locate(chunk))
+        segments = fmt.segments(listing, chunk)
         shards.append(Shard(shard_id(split, key, start), split, listing.index, start, start + len(chunk), segments))
     return shards
 
@@ -283,10 +281,3 @@ def check_ids(ids_by_split: dict[str, Sequence[str | None]], pairs: Iterable[Seq
                 shown = ", ".join(repr(i) for i in both[:examples])
                 raise ConfigError(f"targets: {len(both)} ids are in both {a} and {b}, e.g. {shown}; "
                                   "a held-out image must not be a training image")
-
-
-def _compact(rows: np.ndarray) -> range | tuple[int, ...]:
-    """Rows inside one file (sorted, unique): a range when contiguous (the usual case, no limit), else a tuple."""
-    if len(rows) and int(rows[-1]) - int(rows[0]) + 1 == len(rows):
-        return range(int(rows[0]), int(rows[-1]) + 1)
-    return tuple(rows.tolist())

@@ -1,10 +1,7 @@
 """Target images from their sources: list files, count rows, read a set of rows, derive and check ids.
 
-Formats sit in a registry keyed by the config's `format` choices (inferred from the extension):
-
-    parquet                  one image per row: an encoded image column (PNG/JPEG bytes) or a raw uint8
-                             array column with a fixed `shape` or a per-row `shape_column`
-    png jpg jpeg webp bmp    one image per file, listed by glob
+Each source has a format from jobs.formats' registry (Parquet rows or image files), which answers every
+format-specific question; this module lists, counts and reads through it.
 
 Rows of a source are numbered over its files in sorted order (a Parquet file's rows in file order; an
 image file is one row). Row counts come from Parquet footers, never from reading data. `select_rows`
@@ -17,194 +14,24 @@ split and ids shared by a memorization pair's splits are refused. Equal image *c
 from the `target_hash` column that actors add to every results row (hashing every image in the driver
 would read the whole data set twice at 10^6 scale). `describe_image` reads an image's header (format,
 original size, channels) for the results rows, so that stats can warn when train and val differ in
-them (issue 10).
+them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from stats import storage
 
-from .redact import strip_secrets
+from .formats import FORMATS, Item, SourceError
 
 if TYPE_CHECKING:
     from .config import SourceConfig
-
-IMAGE_READ_ERRORS = (FileNotFoundError, IsADirectoryError)  # an image file's own fault: a rejects row (read_items)
-IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp")
-
-
-class SourceError(ValueError):
-    """A source that cannot be used (no files, a missing column); raised as the config's ConfigError by plan."""
-
-
-@dataclass(frozen=True)
-class Item:
-    """One input image as read: `data` is encoded bytes or a uint8 [H, W] / [H, W, C] array, or None with `error`."""
-
-    image_id: str
-    source: str  # the file's URL
-    row: int  # the row inside that file (0 for an image file)
-    data: bytes | np.ndarray | None
-    error: str | None = None
-    label: object = None  # the source's label_column value (a class of a conditional generator), when it has one
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Formats
-
-
-class ParquetFormat:
-    extensions = ("parquet", "pq")
-
-    def check_schema(self, schema: pa.Schema, src: "SourceConfig", url: str) -> None:
-        """Raise SourceError if the columns `src` names are missing or of the wrong type."""
-        wanted = {"image_column": src.image_column, "array_column": src.array_column,
-                  "shape_column": src.shape_column, "id_column": src.id_column, "label_column": src.label_column}
-        for key, column in wanted.items():
-            if column is None:
-                continue
-            if column not in schema.names:
-                raise SourceError(f"{key}: {url} has no column {column!r} (columns: {', '.join(schema.names)})")
-            t = schema.field(column).type
-            ok = {
-                "image_column": pa.types.is_binary(t) or pa.types.is_large_binary(t),
-                "array_column": pa.types.is_binary(t) or pa.types.is_large_binary(t) or _is_list_of(t, pa.types.is_integer),
-                "shape_column": _is_list_of(t, pa.types.is_integer),
-                "id_column": pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t),
-                "label_column": pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t),
-            }[key]
-            if not ok:
-                expect = {"image_column": "binary (encoded image bytes)", "array_column": "list<uint8> or binary",
-                          "shape_column": "list<int>", "id_column": "string or integer", "label_column": "string or integer"}[key]
-                raise SourceError(f"{key}: column {column!r} of {url} is {t}, expected {expect}")
-
-    def count_rows(self, url: str, src: "SourceConfig", endpoint_url: str | None) -> int:
-        def footer() -> pq.FileMetaData:
-            fs, path = storage.filesystem(url, endpoint_url)
-            with fs.open(path, "rb") as f:
-                return pq.ParquetFile(f).metadata
-
-        try:
-            meta = storage.retrying(footer, f"reading the footer of {url}")
-        except pa.ArrowInvalid as exc:  # zero bytes, truncated, not Parquet: the file's fault, named
-            raise SourceError(f"uri: {url} is not a readable Parquet file ({exc}); replace or remove it") from None
-        self.check_schema(meta.schema.to_arrow_schema(), src, url)
-        return meta.num_rows
-
-    def read_ids(self, url: str, src: "SourceConfig", base_dir: str, endpoint_url: str | None) -> list[str]:
-        if src.id_column is None:
-            n = self.count_rows(url, src, endpoint_url)
-            return [derived_id(url, base_dir, row) for row in range(n)]
-        fs, path = storage.filesystem(url, endpoint_url)
-        with fs.open(path, "rb") as f:
-            column = pq.ParquetFile(f).read(columns=[src.id_column]).column(0)
-        return [None if v is None else str(v) for v in column.to_pylist()]
-
-    def read_rows(self, url: str, rows: Sequence[int], src: "SourceConfig", base_dir: str,
-                  endpoint_url: str | None) -> list[Item]:
-        rows = np.asarray(rows, dtype=np.int64)
-        if rows.size == 0:
-            return []
-        if np.any(np.diff(rows) <= 0):
-            raise ValueError("rows must be strictly increasing")
-        data_column = src.image_column or src.array_column
-        columns = [c for c in dict.fromkeys((data_column, src.id_column, src.shape_column, src.label_column)) if c]
-        fs, path = storage.filesystem(url, endpoint_url)
-        items: list[Item] = []
-        with fs.open(path, "rb") as f:
-            pf = pq.ParquetFile(f)
-            self.check_schema(pf.schema_arrow, src, url)
-            if rows[-1] >= pf.metadata.num_rows:
-                raise SourceError(f"{url} has {pf.metadata.num_rows} rows, row {int(rows[-1])} was asked for (did it change?)")
-            start = 0
-            for g in range(pf.metadata.num_row_groups):
-                stop = start + pf.metadata.row_group(g).num_rows
-                lo, hi = np.searchsorted(rows, [start, stop])
-                if hi > lo:
-                    # Batches keep memory bounded when a row group holds many images.
-                    offset = start
-                    for batch in pf.iter_batches(batch_size=1024, row_groups=[g], columns=columns):
-                        end = offset + batch.num_rows
-                        a, b = np.searchsorted(rows, [offset, end])
-                        if b > a:
-                            table = pa.Table.from_batches([batch]).take(pa.array(rows[a:b] - offset))
-                            items.extend(self._items(table, rows[a:b], src, url, base_dir))
-                        offset = end
-                start = stop
-        return items
-
-    def _items(self, table: pa.Table, rows: np.ndarray, src: "SourceConfig", url: str, base_dir: str) -> list[Item]:
-        data = table.column(src.image_column or src.array_column).to_pylist()
-        ids = table.column(src.id_column).to_pylist() if src.id_column else [None] * len(rows)
-        shapes = table.column(src.shape_column).to_pylist() if src.shape_column else [src.shape] * len(rows)
-        items = []
-        for row, value, image_id, shape in zip(rows.tolist(), data, ids, shapes):
-            image_id = str(image_id) if src.id_column else derived_id(url, base_dir, row)
-            if value is None:
-                items.append(Item(image_id, url, row, None, "no image (null)"))
-            elif src.image_column:
-                items.append(Item(image_id, url, row, value))
-            else:
-                array = np.frombuffer(value, dtype=np.uint8) if isinstance(value, bytes) else np.asarray(value)
-                if array.dtype != np.uint8 and (array.size and (array.min() < 0 or array.max() > 255)):
-                    items.append(Item(image_id, url, row, None, "array values outside 0..255"))
-                    continue
-                if shape is None or int(np.prod(shape)) != array.size:
-                    items.append(Item(image_id, url, row, None, f"{array.size} values do not fit shape {shape}"))
-                    continue
-                items.append(Item(image_id, url, row, array.astype(np.uint8).reshape(tuple(shape))))
-        if src.label_column:  # issue 13: each image's class, for a conditional generator
-            items = [replace(item, label=label) for item, label in zip(items, table.column(src.label_column).to_pylist())]
-        return items
-
-
-class ImageFiles:
-    """One encoded image per file; decoding is recovery.to_target's (PIL)."""
-
-    def __init__(self, extension: str) -> None:
-        self.extensions = (extension,)
-
-    def count_rows(self, url: str, src: "SourceConfig", endpoint_url: str | None) -> int:
-        return 1
-
-    def read_ids(self, url: str, src: "SourceConfig", base_dir: str, endpoint_url: str | None) -> list[str]:
-        return [derived_id(url, base_dir, None)]
-
-    def read_rows(self, url: str, rows: Sequence[int], src: "SourceConfig", base_dir: str,
-                  endpoint_url: str | None) -> list[Item]:
-        raise NotImplementedError("image files are read together: see read_files")
-
-
-FORMATS: dict[str, ParquetFormat | ImageFiles] = {"parquet": ParquetFormat(), **{e: ImageFiles(e) for e in IMAGE_EXTENSIONS}}
-
-
-def infer_format(uri: str) -> str | None:
-    """The format a uri's extension names (`*.PNG` -> png, `x.pq` -> parquet), or None."""
-    if uri.split("://", 1)[0].lower() in ("http", "https"):  # a pre-signed URL: the extension is before the query
-        uri = uri.split("#", 1)[0].split("?", 1)[0]
-    name = uri.rstrip("/").rsplit("/", 1)[-1]
-    if "." not in name:
-        return None
-    ext = name.rsplit(".", 1)[-1].lower()
-    for key, fmt in FORMATS.items():
-        if ext in fmt.extensions:
-            return key
-    return None
-
-
-def _is_list_of(t: pa.DataType, pred) -> bool:
-    return (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) and pred(t.value_type)
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Listing and reading
@@ -282,12 +109,7 @@ def list_source(split: str, index: int, src: "SourceConfig", endpoint_url: str |
     files = sorted(versions)
     if not files:
         raise SourceError(f"uri: no {src.format} files match {src.uri!r}")
-    fmt = FORMATS[src.format]
-    if isinstance(fmt, ImageFiles):
-        rows = [1] * len(files)
-    else:
-        with ThreadPoolExecutor(max_workers=16) as pool:  # one footer request per file; object stores like parallel
-            rows = list(pool.map(lambda u: fmt.count_rows(u, src, endpoint_url), files))
+    rows = FORMATS[src.format].count_all(files, src, endpoint_url)
     if sum(rows) == 0:
         raise SourceError(f"uri: {src.uri!r} holds no rows ({len(files)} {src.format} file(s), all empty); "
                           "an empty source would silently drop its images from the split")
@@ -296,18 +118,7 @@ def list_source(split: str, index: int, src: "SourceConfig", endpoint_url: str |
 
 def read_ids(listing: SourceListing, positions: np.ndarray, base_dir: str, endpoint_url: str | None) -> list[str | None]:
     """The ids of the given source row positions (the id column only, or derived from paths)."""
-    fmt = FORMATS[listing.source.format]
-    if isinstance(fmt, ImageFiles):  # one row per file: position p is file p (no per-file arrays at 10^6 files)
-        return [_public(i) for i in storage.identities([listing.files[p] for p in positions.tolist()], base_dir)]
-    ids: list[str | None] = []
-    for f, rows in listing.locate(positions):
-        url = listing.files[f]
-        if listing.source.id_column is None:
-            ids.extend(derived_id(url, base_dir, int(r)) for r in rows)
-        else:
-            every = storage.retrying(lambda: fmt.read_ids(url, listing.source, base_dir, endpoint_url), f"reading ids of {url}")
-            ids.extend(every[int(r)] for r in rows)
-    return ids
+    return FORMATS[listing.source.format].ids(listing, positions, base_dir, endpoint_url)
 
 
 def read_items(src: "SourceConfig", segments: Iterable[tuple[str, Sequence[int]]], base_dir: str,
@@ -317,42 +128,13 @@ def read_items(src: "SourceConfig", segments: Iterable[tuple[str, Sequence[int]]
     An image file that is gone (listed at planning, missing now) or is a directory becomes an Item with an
     error (a rejects row). Anything else fails the call, and with it the shard, which is retried and never
     marked done: a store outage that outlasts the retries (StorageError), a denied read, a connection error
-    are the infrastructure's, not the image's (issue 11). A Parquet file that cannot be read fails the call.
+    are the infrastructure's, not the image's. A Parquet file that cannot be read fails the call.
     """
-    fmt = FORMATS[src.format]
-    segments = list(segments)
-    if isinstance(fmt, ImageFiles):
-        def one(url: str) -> Item:
-            image_id = derived_id(url, base_dir, None)
-            try:
-                return Item(image_id, url, 0, storage.read_bytes(url, endpoint_url))
-            except IMAGE_READ_ERRORS as exc:  # this image's reject, not the shard's failure
-                return Item(image_id, url, 0, None, f"cannot read file: {type(exc).__name__}: {exc}")
-
-        with ThreadPoolExecutor(max_workers=16) as pool:  # many small objects: fetch them concurrently
-            return list(pool.map(one, [url for url, _ in segments]))
-    items = []
-    for url, rows in segments:
-        items.extend(storage.retrying(lambda url=url, rows=rows: fmt.read_rows(url, rows, src, base_dir, endpoint_url),
-                                      f"reading {url}"))
-    return items
+    return FORMATS[src.format].read(src, list(segments), base_dir, endpoint_url)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Ids, subsampling and checks
-
-
-def derived_id(url: str, base_dir: str, row: int | None) -> str:
-    """An id from where an image lives: `<file>#<row>` for a Parquet row, `<file>` for an image file. A URL's
-    credentials (userinfo, a pre-signed URL's X-Amz-Signature, a token) are no part of it (redact.strip_secrets):
-    ids reach the results, ranking.parquet, samples.parquet and report.html, and stay the same when the URL is
-    signed again."""
-    name = _public(storage.identity(url, base_dir))
-    return name if row is None else f"{name}#{row}"
-
-
-def _public(name: str) -> str:
-    return strip_secrets(name) if any(c in name for c in "?#@") else name
 
 
 def select_rows(total: int, limit: int | None, seed: int, split: str) -> np.ndarray:

@@ -31,7 +31,8 @@ from stats import storage
 from .errors import JobError
 from .fingerprint import hash_listings, targets_section
 from .redact import redact_text
-from .sources import Item, SourceImage, describe_image, read_items
+from .formats import Item
+from .sources import SourceImage, describe_image, read_items
 
 if TYPE_CHECKING:
     import torch

@@ -13,7 +13,7 @@ from conftest import images, png, tiny_config, write_yaml
 
 from jobs.config import ConfigError, load_config
 from jobs.plan import make_plan
-from jobs.sources import SourceError
+from jobs.formats import SourceError
 
 
 def _plan(tmp_path, generator, train):

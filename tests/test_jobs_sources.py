@@ -204,3 +204,29 @@ def test_locating_rows_in_many_files_matches_a_file_by_file_walk():
             walk.append((f, inside.tolist()))
         start += n
     assert [(f, r.tolist()) for f, r in listing.locate(positions)] == walk
+
+
+def test_a_new_format_is_one_class_and_one_registry_line(tmp_path, monkeypatch):
+    """A format the registry did not know (one .npy array per file): registered, it is inferred from the
+    extension, listed, planned, given ids and read by the same code paths as Parquet and PNG."""
+    import io
+
+    from jobs.formats import FORMATS, ImageFiles, Item
+
+    class NpyFiles(ImageFiles):
+        def read(self, src, segments, base_dir, endpoint_url):
+            return [Item(i.image_id, i.source, 0, np.load(io.BytesIO(i.data)).astype(np.uint8))
+                    for i in super().read(src, segments, base_dir, endpoint_url)]
+
+    for k, a in enumerate(images(3, seed=4)):
+        np.save(tmp_path / f"img{k}.npy", a)
+    src = SourceConfig(uri=str(tmp_path / "*.npy"))
+    assert src.format is None  # unknown before it is registered
+    monkeypatch.setitem(FORMATS, "npy", NpyFiles("npy"))
+    src = SourceConfig(uri=str(tmp_path / "*.npy"))
+    assert src.format == "npy"
+    listing = list_source("train", 0, src, None)
+    assert listing.rows == (1, 1, 1)
+    items = read_items(src, FORMATS["npy"].segments(listing, np.arange(3)), str(tmp_path), None)
+    assert [i.image_id for i in items] == ["img0.npy", "img1.npy", "img2.npy"]
+    assert all(i.error is None and i.data.shape == (SIDE, SIDE) for i in items)

@@ -14,7 +14,8 @@ from conftest import images, png, tiny_config, write_yaml
 from jobs.config import load_config
 from jobs.plan import make_plan
 from jobs.targets import TargetCache, ShardTargets, _part_bytes, _read_part, data_key, load_targets
-from jobs.sources import Item, SourceImage
+from jobs.formats import Item
+from jobs.sources import SourceImage
 
 
 @pytest.fixture
