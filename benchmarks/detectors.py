@@ -103,8 +103,8 @@ def _details(train, val, generated, settings):
     import torch
 
     from recovery.neighbours import knn
-    from stats.companions import evaluate
-    from stats.nearest import merge_neighbours
+    from stats.detect.companions import evaluate
+    from stats.detect.nearest import merge_neighbours
 
     ids = {"train": [f"t{i}" for i in range(len(train))], "val": [f"v{i}" for i in range(len(val))],
            "generated": [f"g{i}" for i in range(len(generated))]}

@@ -11,7 +11,7 @@ digits, ddpm-1200 on all 1200; val.parquet (300) is never seen by either.
    a held-out one) (0.5: no signal) and the verdict (stats.reduce, the job's calibrated tests) with that
    statistic as `error`. ddpm-64: its 64 training images; ddpm-1200: the first 300 of its 1200.
 2. Extraction by generation: N images sampled from seeded noise by the model's DDIM sampler; a training image is
-   extracted when a sample copies it (stats.extraction: pixel L2, d1/d2 < near_copy_ratio and nearer than any
+   extracted when a sample copies it (stats.detect.extraction: pixel L2, d1/d2 < near_copy_ratio and nearer than any
    held-out image); the rate is extracted training images / training images, against N.
 3. False positives: the verdict on ddpm-1200's statistics over random splits of its 300 held-out images
    plus the 297 spare digits (all unseen, so exchangeable) into 64 "train" and 300 "val"; the rate must stay
@@ -40,8 +40,8 @@ from recovery import GeneratorSpec, RecoverySettings, load_generator, sample_gen
 from recovery.diffusion_stats import (COLUMNS, _noises, audit_diffusion, denoise_error, inversion,  # noqa: E402
                                       proximal_error)
 from stats import StatsSettings, reduce  # noqa: E402
-from stats.extraction import extractions  # noqa: E402
-from stats.nearest import NEIGHBOURS_SCHEMA  # noqa: E402
+from stats.detect.extraction import extractions  # noqa: E402
+from stats.detect.nearest import NEIGHBOURS_SCHEMA  # noqa: E402
 
 ASSETS = ROOT / "jobs" / "assets"
 SUBJECTS = {"ddpm-64": ("train-64.parquet", 64), "ddpm-1200": ("train.parquet", 300)}

@@ -2,7 +2,7 @@
 
     python benchmarks/discriminator_check.py [--trials 1000] [--seed 0] [--skip-real]
 
-The check (stats.discriminator.discriminator_test) fires when D's scores of training images are higher than
+The check (stats.detect.discriminator.discriminator_test) fires when D's scores of training images are higher than
 those of held-out images with a one-sided Mann-Whitney p <= alpha. A rule that says "memorization" needs a
 measured false-positive rate and power, so this prints, at the default alpha:
 
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stats import StatsSettings  # noqa: E402
-from stats.discriminator import discriminator_test  # noqa: E402
+from stats.detect.discriminator import discriminator_test  # noqa: E402
 
 Sampler = Callable[[np.random.Generator, int], np.ndarray]
 SHAPES: dict[str, Sampler] = {

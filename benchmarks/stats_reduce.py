@@ -87,7 +87,7 @@ def measure(out: str) -> None:
     start_rss = peak_rss_mb()
     import stats
     from stats import reduction as reduction_module
-    from stats import report as report_module
+    from stats.report import render as report_module
 
     seconds: dict[str, float] = {}
     peak_after: dict[str, float] = {}

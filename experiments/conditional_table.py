@@ -26,7 +26,7 @@ import stats
 from recovery import ClassesSpec, GeneratorSpec, LatentSpec, RecoverySettings, load_generator, recover, sample_generated, to_target
 from recovery.discriminator import DiscriminatorSpec, load_discriminator
 from recovery.recover import generated_labels
-from stats.discriminator import discriminator_test
+from stats.detect.discriminator import discriminator_test
 
 ASSETS = Path(__file__).resolve().parents[1] / "jobs" / "assets"
 CGAN = ASSETS / "models" / "cgan"
@@ -56,7 +56,7 @@ def targets(g, parquet: Path, n: int, seed: int) -> tuple[list[str], torch.Tenso
 
 
 def audit(name: str, *, per_split: int, generated: int, settings: RecoverySettings, labelled: bool = True, seed: int = 0,
-          stats_settings: stats.StatsSettings | None = None) -> tuple[stats.Reduction, stats.detectors.DetectorResult]:
+          stats_settings: stats.StatsSettings | None = None) -> tuple[stats.Reduction, stats.detect.detectors.DetectorResult]:
     """Recovery on train / val / generated and the discriminator check on train / val, for one cGAN."""
     g, d, meta = load(name)
     parts, scores = [], []

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return report_main(rest)
     if command in ("history", "compare"):
-        from stats.history_cli import compare_main, history_main
+        from stats.history.cli import compare_main, history_main
 
         return (history_main if command == "history" else compare_main)(rest)
     print(f"error: unknown command {command!r} (valid: audit, report, history, compare)\n\n{USAGE}", file=sys.stderr)

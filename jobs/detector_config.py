@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from stats.companions import REGISTRY
+from stats.detect.companions import REGISTRY
 
 from .errors import ConfigError
 
@@ -60,7 +60,7 @@ class FeaturesConfig:
 
 
 def check_detectors(value: Any, at: str = "detectors") -> tuple[str, ...]:
-    """The `detectors` list, checked: known names (recovery, the audit itself, and stats.companions.REGISTRY's),
+    """The `detectors` list, checked: known names (recovery, the audit itself, and stats.detect.companions.REGISTRY's),
     each once."""
     known = ("recovery", *REGISTRY)
     if isinstance(value, str) or not isinstance(value, (list, tuple)):

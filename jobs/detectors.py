@@ -7,7 +7,7 @@ companions = run_detectors(pool, config, plan, results) does, on the job's actor
   1. features of every train, reference (val) and generated image, one part per shard, reused when present;
   2. the exact k nearest train images of every reference and generated image, one part per train block
      (features.train_block images) against all queries, reused when present;
-then on the driver: merges the blocks' top-k (neighbours.parquet), runs the statistics (stats.companions:
+then on the driver: merges the blocks' top-k (neighbours.parquet), runs the statistics (stats.detect.companions:
 detectors.parquet, ct_cells.parquet, birthday.parquet) and has one actor render the closest pairs
 (pairs.parquet). Recovery always runs: it is the audit the others sit beside; `detectors` adds the rest.
 """
@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stats import storage
-from stats.companions import evaluate, needs
+from stats.detect.companions import evaluate, needs
 from .errors import JobError
 from .config import GENERATED
 from .raylink import reason
@@ -50,12 +50,12 @@ def run_detectors(pool, config, plan, results: pa.Table, *, generator=None):
     generator: G loaded on the driver's CPU, if the driver has it: the closest pairs are then rendered here
     instead of on an actor (a re-run whose parts all exist starts no actor).
 
-    Returns stats.report_detectors.CompanionFiles (also written under the output)."""
+    Returns stats.report.companions.CompanionFiles (also written under the output)."""
     selected = companions_selected(config)
     if not selected:
         return None
-    from stats.nearest import merge_neighbours
-    from stats.report_detectors import CompanionFiles
+    from stats.detect.nearest import merge_neighbours
+    from stats.report.companions import CompanionFiles
 
     started = time.time()
     out, endpoint, features = config.output, config.storage.endpoint_url, config.features
@@ -70,7 +70,7 @@ def run_detectors(pool, config, plan, results: pa.Table, *, generator=None):
     _dispatch(pool, config, [("features", (s, fkey)) for s in todo])
     train = [urls[s.id] for s in wanted if s.split == train_split]
     queries = tuple(urls[s.id] for s in wanted if s.split != train_split)
-    needed = needs(selected)  # what the selected companions read (stats.companions.REGISTRY)
+    needed = needs(selected)  # what the selected companions read (stats.detect.companions.REGISTRY)
     kkey = knn_key(fkey, features, "mifid" in needed)
     blocks = _blocks([s for s in wanted if s.split == train_split], train, queries, features.train_block)
     parts = {b.id: knn_url(out, fkey, kkey, b.id) for b in blocks}
@@ -203,7 +203,7 @@ def _pairs(pool, config, plan, results: pa.Table, neighbours: pa.Table | None, b
     CPU generator when it has one, else by one actor."""
     import ray
 
-    from stats.report_detectors import PAIRS_SCHEMA
+    from stats.report.companions import PAIRS_SCHEMA
 
     train_split = config.stats.pairs[0][0]
     wanted: list[tuple[str, str, str, str, str, float]] = []

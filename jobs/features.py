@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stats import storage
-from stats.companions import needs
+from stats.detect.companions import needs
 from .config import GENERATED
 from .plan import Shard, generated_ids
 from .sources import read_items

@@ -96,8 +96,8 @@ def finish(config: "AuditConfig", results: pa.Table, detectors: pa.Table | None)
     """Write discriminator.parquet and its detectors.parquet row; returns (scores, detectors with the row)."""
     if config.discriminator is None:
         return None, detectors
-    from stats.detectors import detectors_table
-    from stats.discriminator import discriminator_test
+    from stats.detect.detectors import detectors_table
+    from stats.detect.discriminator import discriminator_test
 
     scores = scores_table(results)
     if scores is None:
@@ -117,7 +117,7 @@ def with_detectors(companions, detectors: pa.Table | None):
     """The companions' files (stats CompanionFiles or None) with detectors replaced, for the report."""
     if detectors is None:
         return companions
-    from stats.report_detectors import CompanionFiles
+    from stats.report.companions import CompanionFiles
 
     return dataclasses.replace(companions or CompanionFiles(), detectors=detectors)
 

@@ -49,7 +49,7 @@ def check_run_text(model: str | None, tags: Mapping) -> None:
         raise ConfigError(f"run.model: {model!r} holds a control character (newline, tab, ...); use plain text")
     if not model.strip():
         raise ConfigError("run.model: empty; give the model's name or leave run.model unset")
-    folder = f"model={quote(model, safe='')}"  # as stats.history.append names it
+    folder = f"model={quote(model, safe='')}"  # as stats.history.runs.append names it
     if len(folder.encode()) > NAME_MAX:
         raise ConfigError(f"run.model: {len(model)} characters ({len(folder.encode())} bytes as the history's folder "
                           f"model=<name>); a folder name holds at most {NAME_MAX} bytes: shorten it "

@@ -6,7 +6,7 @@
 runs one audit per matching file, in name order, each a complete output of its own under
 `<out>/checkpoint=<name>/` (name: the file name without its extension), with `run.tags.checkpoint`
 set to that name; then writes `<out>/sweep.parquet` (one history row per checkpoint,
-stats.history's columns) and `<out>/sweep.html` (the trend plots against the checkpoint's step,
+stats.history.runs's columns) and `<out>/sweep.html` (the trend plots against the checkpoint's step,
 the last number in its name): the paper's question, when in training memorization starts.
 
 What the checkpoints share: the config and its validation, one Ray instance, and the plan: the
@@ -143,8 +143,8 @@ def write_sweep(config: AuditConfig, done: list[tuple[str, str]]) -> str | None:
         return None
     import pyarrow as pa
 
-    from stats.history import history_row
-    from stats.history_report import render_history
+    from stats.history.runs import history_row
+    from stats.report.history import render_history
 
     endpoint = config.storage.endpoint_url
     model = sweep_model(config)

@@ -3,7 +3,7 @@
     code = exit_code(outcome, fail_on="memorization")      # stats.exit_codes: 0, 1, 3, 4
     record_history(config, outcome)                        # when output.history is set
 
-The history row is built by stats.history from what the run wrote (run.json and the stats
+The history row is built by stats.history.runs from what the run wrote (run.json and the stats
 tables), plus the generator file's sha256, which only the job can read cheaply (it has the
 resolved URL and the store's endpoint). Appending is idempotent, so a re-submitted run
 (which skips its finished shards and reduces again) replaces its own row instead of adding one.
@@ -70,7 +70,7 @@ def check_history(config: Any) -> None:
 
 
 def record_history(config: Any, outcome: Any) -> str | None:
-    """Append the finished run's row to config.history (stats.history); returns the file written.
+    """Append the finished run's row to config.history (stats.history.runs); returns the file written.
 
     Only a reduced run enters the history (failed, refused and partial runs have no verdict).
 
@@ -80,7 +80,7 @@ def record_history(config: Any, outcome: Any) -> str | None:
     history = getattr(config, "history", None)
     if not history or outcome.reduction is None:
         return None
-    from stats.history import append, history_row
+    from stats.history.runs import append, history_row
 
     endpoint = config.storage.endpoint_url
     run = getattr(config, "run", None)

@@ -15,7 +15,7 @@ source (the Ray job, the in-process API, a table written by hand) can be audited
 from stats.errors import StatsError
 from stats.io import read_output, write_outputs
 from stats.reduction import Reduction, reduce
-from stats.report import render_report, report_from_output
+from stats.report.render import render_report, report_from_output
 from stats.settings import StatsSettings
 from stats.start_cap import StartCap, measure_start_cap
 from stats.text import format_summary

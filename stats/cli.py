@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from stats.errors import StatsError
 from stats.exit_codes import BAD_INPUT, FAIL_ON, verdict_exit_code
-from stats.report import report_from_output
+from stats.report.render import report_from_output
 from stats.text import format_summary
 
 ENDPOINT_PROTOCOLS = ("s3://", "s3a://")

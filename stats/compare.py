@@ -21,7 +21,7 @@ from scipy import stats as sps
 from stats.ranking import PARTIAL_FIELDS
 from stats.settings import StatsSettings
 from stats.summary import median_sorted
-from stats.table import GENERATED, split_kind
+from stats.inputs import GENERATED, split_kind
 
 TESTS_SCHEMA = pa.schema(
     [

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from stats import storage
 from stats.errors import StatsError
-from stats.table import is_string_like
+from stats.inputs import is_string_like
 
 # The columns of results that stats uses; reading only these keeps 10 million rows in
 # memory (the URIs of `source` and the latents alone would take gigabytes). Missing ones

@@ -17,7 +17,7 @@ from stats.histograms import histogram_table
 from stats.ranking import RANKING_SCHEMA, rank_pair
 from stats.settings import StatsSettings
 from stats.summary import summarize
-from stats.table import REJECTS_REQUIRED, SplitGroups, group_results, order_splits, require_table, string_column
+from stats.inputs import REJECTS_REQUIRED, SplitGroups, group_results, order_splits, require_table, string_column
 from stats.verdict import Verdict, decide
 
 
@@ -55,7 +55,7 @@ def reduce(
             named "generated" is the generator's own images.
         rejects: one row per input that could not be audited; needs ``split``.
         settings: thresholds and options, see StatsSettings.
-        detectors: the companion detectors' rows (detectors.parquet, stats.companions); their outcomes
+        detectors: the companion detectors' rows (detectors.parquet, stats.detect.companions); their outcomes
             join the verdict's reasons.
 
     Returns:

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from stats.settings import StatsSettings
-from stats.table import order_splits, split_kind
+from stats.inputs import order_splits, split_kind
 
 QUANTILES = (0.05, 0.25, 0.75, 0.95)
 

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stats.settings import StatsSettings
-from stats.table import GENERATED
+from stats.inputs import GENERATED
 from stats.text import ordinal
 
 MEMORIZATION = "memorization"

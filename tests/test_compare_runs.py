@@ -12,8 +12,8 @@ import torch
 import stats
 from experiments.paper_table import ASSETS, _targets
 from recovery import GeneratorSpec, LatentSpec, RecoverySettings, load_generator, recover
-from stats.history_cli import compare_main
-from stats.run_compare import compare_runs
+from stats.history.cli import compare_main
+from stats.history.compare import compare_runs
 
 PER_SPLIT = 24
 # Small and fast: the paper's protocol cut to 20 L-BFGS iterations still separates the two models by far.

@@ -14,11 +14,11 @@ from recovery import RecoveryError
 from recovery.features import FeatureExtractor, FeatureSpec, load_feature_extractor_net
 from recovery.neighbours import knn
 from stats import StatsSettings
-from stats.companions import evaluate
-from stats.copying import ct_test
-from stats.detectors import below_min_pvalue, birthday_test, mifid_test
-from stats.nearest import nearest
-from stats.nearest import merge_neighbours
+from stats.detect.companions import evaluate
+from stats.detect.copying import ct_test
+from stats.detect.detectors import below_min_pvalue, birthday_test, mifid_test
+from stats.detect.nearest import nearest
+from stats.detect.nearest import merge_neighbours
 
 
 
@@ -212,7 +212,7 @@ def test_detectors_join_the_verdicts_reasons_and_the_report(tmp_path):
     from _tables import table_of
 
     from stats import reduce, render_report
-    from stats.report_detectors import PAIRS_SCHEMA, CompanionFiles
+    from stats.report.companions import PAIRS_SCHEMA, CompanionFiles
 
     rng = np.random.default_rng(2)
     train, val = _blobs(300, rng), _blobs(150, rng)
@@ -238,8 +238,8 @@ def test_detectors_join_the_verdicts_reasons_and_the_report(tmp_path):
 def test_a_new_detector_is_one_function_and_one_registry_line(monkeypatch):
     """The config accepts, the job computes inputs for, and evaluate runs a companion added to the registry."""
     from jobs.detector_config import check_detectors
-    from stats.companions import REGISTRY, Companion, evaluate, needs
-    from stats.detectors import DetectorResult
+    from stats.detect.companions import REGISTRY, Companion, evaluate, needs
+    from stats.detect.detectors import DetectorResult
 
     def toy(x):
         gen_ids, _ = x.features.get(x.generated, ([], None))
@@ -257,7 +257,7 @@ def test_a_new_detector_is_one_function_and_one_registry_line(monkeypatch):
 
 
 def test_the_registry_names_what_each_companion_needs():
-    from stats.companions import needs
+    from stats.detect.companions import needs
 
     assert needs(["neighbours"]) == {"knn"} and needs(["mifid"]) == {"knn", "mifid"}
     assert needs(["ct", "birthday"]) == {"features"} and needs(["recovery"]) == frozenset()

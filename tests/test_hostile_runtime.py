@@ -16,8 +16,8 @@ import torch
 from recovery import (GeneratorSpec, ImageError, LatentSpec, RecoveryError, RecoverySettings, load_generator, recover,
                       sample_generated, to_target)
 from stats import reduce
-from stats.history import append, history_row, read_history
-from stats.history_cli import compare_main, history_main
+from stats.history.runs import append, history_row, read_history
+from stats.history.cli import compare_main, history_main
 from tests._outputs import errors, write_output
 from tests._tables import table_of
 

@@ -15,7 +15,7 @@ from jobs.audit import _logging, main
 from jobs.config import load_config
 from jobs.driver import Outcome
 from jobs.tracking import exit_code, record_or_fail
-from stats.history import read_history
+from stats.history.runs import read_history
 from tests._tables import table_of
 
 ASSETS = REPO / "jobs" / "assets"
@@ -131,7 +131,7 @@ def test_errors_come_before_the_verdict_and_a_failed_append_is_1(tmp_path):
 
 def test_memaudit_dispatches_history_and_compare(tmp_path, capsys):
     from jobs.cli import main as memaudit
-    from stats.history import append, history_row
+    from stats.history.runs import append, history_row
     from tests._outputs import errors, write_output
 
     a = write_output(str(tmp_path / "a"), errors(1.5, 0), finished="2026-12-01T00:00:00+00:00", run={"model": "glo"})

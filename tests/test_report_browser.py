@@ -22,13 +22,13 @@ import pytest
 from PIL import Image
 
 from stats import reduce, render_report
-from stats.detectors import BIRTHDAY_SCHEMA, DETECTORS_SCHEMA
-from stats.copying import CELLS_SCHEMA
-from stats.history import history_row
-from stats.report_detectors import PAIRS_SCHEMA, CompanionFiles
-from stats.history_report import render_history
-from stats.run_compare import compare_runs, render_comparison
-from stats.report_sections import MAX_LISTED
+from stats.detect.detectors import BIRTHDAY_SCHEMA, DETECTORS_SCHEMA
+from stats.detect.copying import CELLS_SCHEMA
+from stats.history.runs import history_row
+from stats.report.companions import PAIRS_SCHEMA, CompanionFiles
+from stats.report.history import render_history
+from stats.history.compare import compare_runs, render_comparison
+from stats.report.sections import MAX_LISTED
 from tests._browser import MEASURE, browser, chromium_missing, inspect, png, synthetic_audit
 from tests._outputs import errors, write_output
 

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pytest
 
 from stats import StatsError, StatsSettings
-from stats.discriminator import discriminator_summary, discriminator_test, ks_auc
-from stats.report_models import discriminator_section, space_section
+from stats.detect.discriminator import discriminator_summary, discriminator_test, ks_auc
+from stats.report.models import discriminator_section, space_section
 
 
 def scores(train, val, threshold: float = 0.0) -> pa.Table:

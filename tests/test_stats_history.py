@@ -5,8 +5,8 @@ import pyarrow.compute as pc
 import pytest
 
 import stats
-from stats.history import append, history_row, read_history
-from stats.history_cli import history_main
+from stats.history.runs import append, history_row, read_history
+from stats.history.cli import history_main
 from tests._outputs import errors, write_output
 
 

@@ -186,7 +186,7 @@ def test_cli_error_is_one_line_and_exit_code_2(out_url, capsys):
 
 def test_importing_stats_imports_neither_torch_nor_ray():
     code = (
-        "import sys, stats, stats.cli, stats.report, stats.plots, stats.io\n"
+        "import sys, stats, stats.cli, stats.report.render, stats.report.plots, stats.io\n"
         "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

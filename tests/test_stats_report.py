@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from stats import measure_start_cap, StatsError, reduce, render_report
-from stats.curves import budget_curves, convergence_curves, iterations, padded_traces
-from stats.report_sections import spending_rows
-from stats.table import group_results
+from stats.report.curves import budget_curves, convergence_curves, iterations, padded_traces
+from stats.report.sections import spending_rows
+from stats.inputs import group_results
 
 EVIL = "<script>alert(1)</script>"
 
@@ -165,7 +165,7 @@ def test_report_without_traces_samples_rejects_or_run_info():
 
 
 def test_difference_image_is_the_absolute_difference():
-    from stats.samples import prepare
+    from stats.report.samples import prepare
 
     target = np.array([[0, 100], [200, 255]], dtype=np.uint8)
     recovery = np.array([[10, 90], [255, 0]], dtype=np.uint8)
@@ -299,8 +299,8 @@ def test_convergence_starts_at_iteration_zero():
 
 
 def test_header_names_the_audit_and_its_data_snapshot_as_the_history_does(tmp_path):
-    from stats.history import history_row
-    from stats.report_page import data_snapshot
+    from stats.history.runs import history_row
+    from stats.report.page import data_snapshot
     from tests._outputs import errors, write_output
 
     results = errors(1.0, 3)
@@ -317,7 +317,7 @@ def test_header_names_the_audit_and_its_data_snapshot_as_the_history_does(tmp_pa
 
 
 def test_a_large_audit_report_lists_a_bounded_number_of_rows_and_says_where_the_rest_are():
-    from stats.report_sections import MAX_LISTED
+    from stats.report.sections import MAX_LISTED
     from tests._browser import synthetic_audit
 
     results, samples = synthetic_audit(20_000, seed=4)
@@ -333,7 +333,7 @@ def test_a_large_audit_report_lists_a_bounded_number_of_rows_and_says_where_the_
 
 
 def test_compare_out_writes_a_compare_page_in_the_reports_look(tmp_path, capsys):
-    from stats.history_cli import compare_main
+    from stats.history.cli import compare_main
     from tests._outputs import errors, write_output
 
     a = write_output(str(tmp_path / "a"), errors(0.0, 1), finished="2026-01-01T00:00:00+00:00", run={"model": "m"})

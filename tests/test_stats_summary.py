@@ -10,7 +10,7 @@ import pytest
 
 from stats import StatsError, StatsSettings, reduce
 from stats.summary import describe, median_sorted
-from stats.table import group_results, order_splits, string_hashes
+from stats.inputs import group_results, order_splits, string_hashes
 
 
 def results_table(splits: dict[str, list[float] | np.ndarray], **extra) -> pa.Table:

@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from matplotlib.figure import Figure
 
-from stats.html import escape, img, table
-from stats.plots import _png, split_colors
-from stats.report_page import fold, header, page, short, toc, version
+from stats.report.html import escape, img, table
+from stats.report.plots import _png, split_colors
+from stats.report.page import fold, header, page, short, toc, version
 from stats.text import number
 
 COLUMNS = ("date", "checkpoint", "verdict", "n train/val", "MRE train", "MRE val", "MRE-gap [CI]", "KS p", "flagged",

@@ -1,6 +1,6 @@
 """Report sections about the audited models (issue 13): the latent space searched, and the discriminator check.
 
-    <out>/discriminator.parquet   image_id, split, score, classified_real (stats.discriminator.DISCRIMINATOR_SCHEMA)
+    <out>/discriminator.parquet   image_id, split, score, classified_real (stats.detect.discriminator.DISCRIMINATOR_SCHEMA)
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from stats.discriminator import discriminator_summary, ks_auc
+from stats.detect.discriminator import discriminator_summary, ks_auc
 from stats.errors import StatsError
-from stats.html import escape, img, table
-from stats.plots import scores_png, split_colors
+from stats.report.html import escape, img, table
+from stats.report.plots import scores_png, split_colors
 from stats.text import number
 
 DISCRIMINATOR_FILE = "discriminator.parquet"

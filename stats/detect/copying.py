@@ -23,8 +23,8 @@ import pyarrow as pa
 from scipy import stats as sps
 from scipy.cluster.vq import kmeans2
 
-from stats.detectors import DetectorResult, skipped
-from stats.nearest import pairwise, nearest
+from stats.detect.detectors import DetectorResult, skipped
+from stats.detect.nearest import pairwise, nearest
 from stats.settings import StatsSettings
 
 CELLS_SCHEMA = pa.schema([

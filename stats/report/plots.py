@@ -17,7 +17,7 @@ import pyarrow as pa
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from stats.curves import BudgetCurve, Curve, iterations
+from stats.report.curves import BudgetCurve, Curve, iterations
 
 ECDF_POINTS = 2000  # points per split on the drawn ECDF
 

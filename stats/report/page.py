@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stats.html import escape
+from stats.report.html import escape
 
 STYLE = """
 *, *::before, *::after { box-sizing: border-box; }

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy import stats as sps
 
-from stats.detectors import DetectorResult, skipped
+from stats.detect.detectors import DetectorResult, skipped
 from stats.errors import StatsError
 from stats.settings import StatsSettings
 

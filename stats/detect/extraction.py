@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from stats.html import escape, table
-from stats.nearest import first_and_second
+from stats.report.html import escape, table
+from stats.detect.nearest import first_and_second
 from stats.text import number
 
 SCHEMA = pa.schema([

@@ -33,7 +33,7 @@ from stats import io as stats_io
 from stats.checks import check_output
 from stats.errors import StatsError
 from stats.reduction import Reduction, reduce
-from stats.report import settings_from_run_info
+from stats.report.render import settings_from_run_info
 from stats.text import number
 
 IMAGES_SCHEMA = pa.schema([
@@ -231,9 +231,9 @@ def read_run_json(out: str, storage_options: dict[str, Any] | None = None) -> di
 def render_comparison(comparison: RunComparison, out_a: str, out_b: str, *, info_a: dict[str, Any] | None = None,
                       info_b: dict[str, Any] | None = None) -> str:
     """compare.html in the report's look: the per-image change figure first, then side by side and the tests."""
-    from stats.html import escape, img, table
-    from stats.plots import distribution_png, split_colors
-    from stats.report_page import audit_fields, fold, header, page, toc, today, version
+    from stats.report.html import escape, img, table
+    from stats.report.plots import distribution_png, split_colors
+    from stats.report.page import audit_fields, fold, header, page, toc, today, version
 
     splits = list(dict.fromkeys(comparison.images.column("split").to_pylist()))
     ratios = {s: comparison.images.filter(pc.equal(comparison.images.column("split"), s)).column("log10_ratio")

@@ -1,6 +1,6 @@
 """Companion detectors (issue 12): nearest neighbours, MiFID's memorization distance, the birthday test.
 
-C_T is in stats.copying. Each detector gives one row of detectors.parquet:
+C_T is in stats.detect.copying. Each detector gives one row of detectors.parquet:
 
     detector  statistic_name  statistic  threshold  p_value  fired  count  reason
 
@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 from scipy import stats as sps
 
-from stats.nearest import first_and_second, pairwise
+from stats.detect.nearest import first_and_second, pairwise
 from stats.settings import StatsSettings
 
 BIRTHDAY_POOL = 1000  # generated and real images each in the pair count: a pool of 2000 has 2e6 pairs

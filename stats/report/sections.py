@@ -1,6 +1,6 @@
 """Report sections: the verdict's rules, the most memorized training images (grid and table), the search.
 
-Kept apart from stats.report so each file stays readable; they share stats.html's helpers.
+Kept apart from stats.report.render so each file stays readable; they share stats.report.html's helpers.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from stats.columns import numeric
-from stats.curves import budget_curves
-from stats.html import escape, img, table
-from stats.plots import budget_png
+from stats.report.curves import budget_curves
+from stats.report.html import escape, img, table
+from stats.report.plots import budget_png
 from stats.reduction import Reduction
-from stats.samples import SampleImages, check_samples, prepare
-from stats.table import TOP
+from stats.report.samples import SampleImages, check_samples, prepare
+from stats.inputs import TOP
 from stats.text import number, ordinal, percent
 
 MAX_LISTED = 100  # flagged images listed in the table (all of them are in ranking.parquet)

@@ -1,8 +1,8 @@
 """The report's companion-detector section (issue 12), and reading the detectors' files of an output.
 
-    <out>/detectors.parquet   one row per detector (stats.detectors.DETECTORS_SCHEMA)
-    <out>/ct_cells.parquet    C_T per cell (stats.copying.CELLS_SCHEMA)
-    <out>/birthday.parquet    each generated batch's closest pair (stats.detectors.BIRTHDAY_SCHEMA)
+    <out>/detectors.parquet   one row per detector (stats.detect.detectors.DETECTORS_SCHEMA)
+    <out>/ct_cells.parquet    C_T per cell (stats.detect.copying.CELLS_SCHEMA)
+    <out>/birthday.parquet    each generated batch's closest pair (stats.detect.detectors.BIRTHDAY_SCHEMA)
     <out>/pairs.parquet       rendered image pairs (PAIRS_SCHEMA): the closest generated/train pairs and the
                               birthday test's closest pairs, as PNG bytes, for a person to judge
 """
@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from stats.errors import StatsError
-from stats.html import escape, img, table
+from stats.report.html import escape, img, table
 from stats.text import number
 
 PAIRS_SCHEMA = pa.schema([
@@ -46,7 +46,7 @@ class CompanionFiles:
     cells: pa.Table | None = None
     birthday: pa.Table | None = None
     pairs: pa.Table | None = None
-    neighbours: pa.Table | None = None  # neighbours.parquet, for the extraction list (stats.extraction)
+    neighbours: pa.Table | None = None  # neighbours.parquet, for the extraction list (stats.detect.extraction)
 
 
 def read_companions(out_url: str, *, storage_options: dict[str, Any] | None = None) -> CompanionFiles:

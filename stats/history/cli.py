@@ -47,8 +47,8 @@ def compare_parser() -> argparse.ArgumentParser:
 
 
 def history_main(argv: Sequence[str] | None = None) -> int:
-    from stats.history import read_history
-    from stats.history_report import format_history, render_history
+    from stats.history.runs import read_history
+    from stats.report.history import format_history, render_history
 
     def run(args: argparse.Namespace, options: dict | None) -> None:
         with warnings.catch_warnings(record=True) as caught:
@@ -70,7 +70,7 @@ def history_main(argv: Sequence[str] | None = None) -> int:
 
 
 def compare_main(argv: Sequence[str] | None = None) -> int:
-    from stats.run_compare import compare_runs, format_comparison, read_run_json, render_comparison
+    from stats.history.compare import compare_runs, format_comparison, read_run_json, render_comparison
 
     def run(args: argparse.Namespace, options: dict | None) -> None:
         comparison = compare_runs(args.out_a, args.out_b, storage_options=options)
@@ -119,6 +119,6 @@ if __name__ == "__main__":
     command = sys.argv[1] if len(sys.argv) > 1 else ""
     mains = {"history": history_main, "compare": compare_main}
     if command not in mains:
-        print("usage: python -m stats.history_cli {history,compare} ...", file=sys.stderr)
+        print("usage: python -m stats.history.cli {history,compare} ...", file=sys.stderr)
         sys.exit(BAD_INPUT)
     sys.exit(mains[command](sys.argv[2:]))

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from PIL import Image, UnidentifiedImageError
 
 from stats.errors import StatsError
-from stats.table import RANKS, SAMPLES_REQUIRED, TOP, is_sample_rank, require_table, string_column
+from stats.inputs import RANKS, SAMPLES_REQUIRED, TOP, is_sample_rank, require_table, string_column
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@
     found.cells     # C_T's per-cell table (ct_cells.parquet)
     found.birthday  # each generated batch's closest pair (birthday.parquet)
 
-`neighbours` and `mifid` come from stats.nearest.merge_neighbours over the job's kNN parts; `features` maps a
+`neighbours` and `mifid` come from stats.detect.nearest.merge_neighbours over the job's kNN parts; `features` maps a
 split to (ids, [N, D] features) for the splits the statistics need in memory: the generated and held-out
 images, and a seeded sample of at most ct_max_train training images.
 """
@@ -20,8 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stats.copying import CELLS_SCHEMA, ct_test
-from stats.detectors import (BIRTHDAY_SCHEMA, DETECTORS_SCHEMA, DetectorResult, birthday_test, detectors_table,
+from stats.detect.copying import CELLS_SCHEMA, ct_test
+from stats.detect.detectors import (BIRTHDAY_SCHEMA, DETECTORS_SCHEMA, DetectorResult, birthday_test, detectors_table,
                              mifid_test, neighbours_test, skipped)
 from stats.errors import StatsError
 from stats.settings import StatsSettings
@@ -32,7 +32,7 @@ EMPTY = ([], np.zeros((0, 0)))
 
 @dataclass(frozen=True)
 class Inputs:
-    """What a companion's statistic may read: the merged kNN (stats.nearest.merge_neighbours), the MiFID
+    """What a companion's statistic may read: the merged kNN (stats.detect.nearest.merge_neighbours), the MiFID
     distances, the features in memory per split, and which splits play generated, reference (held out) and train."""
 
     neighbours: pa.Table | None

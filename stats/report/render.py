@@ -26,22 +26,22 @@ import pyarrow as pa
 import scipy
 
 from stats import io as stats_io
-from stats.curves import convergence_curves
-from stats.plots import convergence_png, ecdf_png, histogram_png, split_colors
+from stats.report.curves import convergence_curves
+from stats.report.plots import convergence_png, ecdf_png, histogram_png, split_colors
 from stats.checks import check_output
 from stats.reduction import Reduction, reduce
-from stats.extraction import extraction_section
-from stats.report_detectors import CompanionFiles, detectors_section, read_companions
-from stats.report_models import discriminator_section, read_discriminator, space_section
-from stats.report_page import audit_fields, data_snapshot, fold, header, page, toc
-from stats.report_sections import (confounds_box, flagged_marks, memorized_grid, memorized_section, rules_section,
+from stats.detect.extraction import extraction_section
+from stats.report.companions import CompanionFiles, detectors_section, read_companions
+from stats.report.models import discriminator_section, read_discriminator, space_section
+from stats.report.page import audit_fields, data_snapshot, fold, header, page, toc
+from stats.report.sections import (confounds_box, flagged_marks, memorized_grid, memorized_section, rules_section,
                                    search_section)
-from stats.samples import SampleImages, check_samples, prepare
+from stats.report.samples import SampleImages, check_samples, prepare
 from stats.settings import StatsSettings, field_names
-from stats.table import RANKS, group_results
-from stats.html import escape as _e
-from stats.html import img as _img
-from stats.html import table as _table
+from stats.inputs import RANKS, group_results
+from stats.report.html import escape as _e
+from stats.report.html import img as _img
+from stats.report.html import table as _table
 from stats.text import number, percent
 
 MAX_REJECT_GROUPS = 20
