@@ -26,13 +26,13 @@ import pyarrow.compute as pc
 
 from stats import storage
 
-from . import encoders, models, outputs
+from . import encoders, labels_and_scores, outputs
 from .config import AuditConfig
 from .plan import Shard, generated_ids
 from .redact import redact_text
 from .formats import Item
 from .sources import SourceImage, content_hash
-from .targets import TargetCache, load_targets
+from .target_cache import TargetCache, load_targets
 
 
 
@@ -57,7 +57,7 @@ class ShardReport:
     seconds: float
     node: str
     peak_rss_mb: float  # the actor process's peak resident memory so far (for sizing; run.json reports the max)
-    targets_from_cache: bool = False  # a checkpoint sweep's decoded targets were read, not decoded (jobs.targets)
+    targets_from_cache: bool = False  # a checkpoint sweep's decoded targets were read, not decoded (jobs.target_cache)
     evaluations: int = 0  # generator evaluations the shard's search spent (recover()'s `evaluations`, summed): its work
 
 
@@ -94,7 +94,7 @@ class AuditActor:
 
         self.config = config
         self.fingerprint = fingerprint
-        self.target_cache = target_cache  # a checkpoint sweep's decoded targets (jobs.targets), else None
+        self.target_cache = target_cache  # a checkpoint sweep's decoded targets (jobs.target_cache), else None
         storage.configure(config.job.storage_retries, config.job.storage_retry_seconds)
         self.node = socket.gethostname()
         self.error: Exception | None = None
@@ -106,14 +106,14 @@ class AuditActor:
             device = recovery.default_device()
             endpoint = config.storage.endpoint_url
             spec = config.generator
-            url = models.generator_url(spec)
+            url = labels_and_scores.generator_url(spec)
             self.generator = recovery.load_generator(spec, device=device, storage_options=storage.storage_options(url, endpoint))
             self.feature_net = None
             if config.feature_net:
                 self.feature_net = recovery.load_feature_net(
                     config.feature_net, device=device, storage_options=storage.storage_options(config.feature_net, endpoint))
             self.shape = recovery.target_shape(self.generator, config.recovery)
-            self.discriminator = models.load_discriminator(self.generator, self.shape, config, device)  # issue 13; None if unset
+            self.discriminator = labels_and_scores.load_discriminator(self.generator, self.shape, config, device)  # issue 13; None if unset
             self.batch_size = recovery.batch_size_for(self.generator, config.recovery)  # set, or the device's default
         except Exception as exc:  # noqa: BLE001 - kept and raised by ready(), so the driver sees the cause itself
             self.error = exc
@@ -187,7 +187,7 @@ class AuditActor:
             ids = [i.image_id for i in loaded.items]
             described, where, rows = loaded.described, [i.source for i in loaded.items], [i.row for i in loaded.items]
             z0 = None
-            labels = (torch.tensor(models.label_indices([i.label for i in loaded.items], config))
+            labels = (torch.tensor(labels_and_scores.label_indices([i.label for i in loaded.items], config))
                       if src.label_column else None)
         failures = 0
         # keep_latent: samples are rendered from the stored latents, with no actor (issue 11)
@@ -199,7 +199,7 @@ class AuditActor:
                               feature_net=self.feature_net, encoder=self._encoder(), labels=labels,
                               progress=self._progress_for(shard.id, len(ids)))  # targets [N, C, H, W]
         table = call() if recovery.is_diffusion(self.generator) else self._watched(shard, call)
-        table = models.add_scores(table, self.discriminator, targets, labels, batch_size=self.batch_size,
+        table = labels_and_scores.add_scores(table, self.discriminator, targets, labels, batch_size=self.batch_size,
                                   threshold=config.discriminator.threshold if config.discriminator else 0.0)
         results = _results_table(table, shard.split, where, rows, [content_hash(t.numpy()) for t in targets], z0,
                                  described)

@@ -31,7 +31,7 @@ from .detector_config import FeaturesConfig, check_detectors
 from .errors import ConfigError
 from .fingerprint import settings_hash
 from .locations import check_locations
-from .models import check_models
+from .labels_and_scores import check_models
 from .names import check_run_text, check_split_name
 from .redact import strip_secrets
 from .overrides import TARGET_KEYS, read_raw
@@ -170,7 +170,7 @@ class JobConfig:
     lease_timeout: seconds after its last heartbeat (renewed every lease_timeout / 4) that a run's lease on
         the output lapses, so that another run may take the output over (jobs.lease).
     target_cache: in a checkpoint sweep, decode each shard's targets once and share them between the
-        checkpoints through `<out>/cache/targets/` (jobs.targets); false decodes them again per checkpoint.
+        checkpoints through `<out>/cache/targets/` (jobs.target_cache); false decodes them again per checkpoint.
     batch_timeout: seconds a shard may go without one generator call finishing (a forward pass that never
         returns) before the shard fails naming the generator, the shard and the batch size; 0 turns it off.
     """
@@ -242,7 +242,7 @@ class AuditConfig:
     run: RunConfig = RunConfig()  # run: {model, tags}, recorded with the run
     detectors: tuple[str, ...] = ("recovery",)  # recovery plus companions (jobs.detector_config)
     features: FeaturesConfig = FeaturesConfig()  # the companions' feature space and kNN
-    discriminator: DiscriminatorSpec | None = None  # issue 13: the discriminator check (jobs.models)
+    discriminator: DiscriminatorSpec | None = None  # issue 13: the discriminator check (jobs.labels_and_scores)
     base_dir: str = "."
     config_path: str | None = None
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from stats import storage
 
-from . import encoders, models, outputs, preflight, samples, start_cap
+from . import encoders, labels_and_scores, outputs, preflight, samples, start_cap
 from .config import GENERATED, AuditConfig
 from .detectors import run_detectors
 from .dispatch import AuditActors
@@ -57,7 +57,7 @@ def run_audit(config: AuditConfig, *, plan: Plan | None = None, overwrite: bool 
         address: the Ray address, for run.json.
         generator: the generator loaded on the CPU by preflight.load_generator_cpu (loaded here if None); it
             renders the report's samples.
-        target_cache: a checkpoint sweep's jobs.targets.TargetCache: real shards' decoded targets are read
+        target_cache: a checkpoint sweep's jobs.target_cache.TargetCache: real shards' decoded targets are read
             from it when there, else decoded and written to it.
 
     Returns:
@@ -73,13 +73,13 @@ def run_audit(config: AuditConfig, *, plan: Plan | None = None, overwrite: bool 
     plan = plan or make_plan(config)
     config = sized(config, plan.shard_size)  # targets.shard_size auto made definite, as the fingerprint hashes it
     config, start = encoders.resolve_start(config, plan.total_images)  # "auto": the encoder for a large audit
-    models.check_labels(config, plan)  # issue 13: a label outside generator.classes is refused before any actor starts
+    labels_and_scores.check_labels(config, plan)  # issue 13: a label outside generator.classes is refused before any actor starts
     out = config.output
     fitting = fit_actors(config, local=local)  # before anything is written: a resource no node has is a user error
     _check_placement(config)  # a local output on a multi-node cluster: refused before any actor starts
     generator = generator if generator is not None else preflight.load_generator_cpu(config)
     lease, done, info = _take_output(config, plan, overwrite=overwrite, started=started, address=address)
-    info["search"] = {**models.search_info(generator), "start": start}  # the space searched (issue 13), the start
+    info["search"] = {**labels_and_scores.search_info(generator), "start": start}  # the space searched (issue 13), the start
     log.info("search start: %s", start)
     pending = start_cap.order([s for s in plan.shards if s.id not in done], config)  # generated first under start_cap auto
     log.info("plan: %s", plan.describe().replace("\n", "\n  "))
@@ -214,7 +214,7 @@ def _reduce(pool: AuditActors, config: AuditConfig, plan: Plan, info: dict, t0: 
     started = time.time()
     out, endpoint = config.output, config.storage.endpoint_url
     options = storage.storage_options(out, endpoint)
-    columns = tuple(dict.fromkeys(stats.io.STATS_COLUMNS + ("source", "row", "target_hash") + models.result_columns(config)))
+    columns = tuple(dict.fromkeys(stats.io.STATS_COLUMNS + ("source", "row", "target_hash") + labels_and_scores.result_columns(config)))
     outputs.check_parts(out, fingerprint=plan.fingerprint, planned={s.id: s.split for s in plan.shards},
                         endpoint_url=endpoint)  # no part of another run or config is ever reduced (issue 11)
     if not _any_results(out, endpoint):
@@ -236,8 +236,8 @@ def _reduce(pool: AuditActors, config: AuditConfig, plan: Plan, info: dict, t0: 
     log.info("reducing %d results and %d rejects with stats", results.num_rows, 0 if rejects is None else rejects.num_rows)
     # None unless `detectors` lists companions (issue 12); the closest pairs are drawn with the CPU generator
     companions = run_detectors(pool, config, plan, results, generator=generator)
-    scores, detectors = models.finish(config, results, None if companions is None else companions.detectors)
-    companions = models.with_detectors(companions, detectors)  # the discriminator check's row joins the detectors'
+    scores, detectors = labels_and_scores.finish(config, results, None if companions is None else companions.detectors)
+    companions = labels_and_scores.with_detectors(companions, detectors)  # the discriminator check's row joins the detectors'
     reduction = stats.reduce(results, rejects, settings=config.stats, detectors=detectors)
     rendered = samples.render(generator, config, plan, results, reduction.ranking)  # on the CPU, from the parts
     if rendered is not None:

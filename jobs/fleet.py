@@ -55,7 +55,7 @@ class AuditActors:
 
     def __init__(self, config: AuditConfig, fingerprint: str, *, count: int, target_cache: Any = None) -> None:
         self.config, self.fingerprint, self.count = config, fingerprint, count
-        self.target_cache = target_cache  # jobs.targets.TargetCache in a checkpoint sweep
+        self.target_cache = target_cache  # jobs.target_cache.TargetCache in a checkpoint sweep
         self.handles: list = []
         self.idle: deque = deque()
         self.starting: dict = {}  # ready() ref -> actor: new actors, and lost ones Ray is restarting

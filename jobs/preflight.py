@@ -19,7 +19,7 @@ import time
 
 from stats import storage
 
-from . import models
+from . import labels_and_scores
 from .config import AuditConfig
 from .errors import ConfigError
 
@@ -37,14 +37,14 @@ def load_generator_cpu(config: AuditConfig):
     started = time.time()
     spec, endpoint = config.generator, config.storage.endpoint_url
     check_latent_memory(config)  # before the load check allocates its probe latents
-    url = models.generator_url(spec)
+    url = labels_and_scores.generator_url(spec)
     generator = recovery.load_generator(spec, device="cpu", storage_options=storage.storage_options(url, endpoint))
     shape = recovery.target_shape(generator, config.recovery)
     _check_operator(config, shape)
     if config.feature_net:
         recovery.load_feature_net(config.feature_net, device="cpu",
                                   storage_options=storage.storage_options(config.feature_net, endpoint))
-    models.load_discriminator(generator, shape, config, "cpu")  # issue 13: D's output checked before any actor starts
+    labels_and_scores.load_discriminator(generator, shape, config, "cpu")  # issue 13: D's output checked before any actor starts
     _check_crop(config, shape)
     log.info("generator: loaded and checked on the CPU in %.1fs (output %s)", time.time() - started,
              list(generator.output_shape))

@@ -14,7 +14,7 @@ sources are listed, their rows selected, their ids checked and the shards cut on
 that is most of the driver's own work); each checkpoint's plan differs only in its fingerprint.
 Target decoding is shared too (job.target_cache, on by default): the first checkpoint's actors keep each
 real shard's decoded targets under `<out>/cache/targets/` and the others read them instead of the sources
-(jobs.targets). Each checkpoint's output resumes on its own, so a re-submitted sweep runs only what is
+(jobs.target_cache). Each checkpoint's output resumes on its own, so a re-submitted sweep runs only what is
 missing.
 """
 
@@ -31,7 +31,7 @@ from .config import AuditConfig, ConfigError
 from .names import NAME_MAX
 from .fingerprint import fingerprint
 from .plan import Plan, make_plan, sized
-from .targets import TargetCache, data_key
+from .target_cache import TargetCache, data_key
 
 log = logging.getLogger("memaudit")
 SWEEP_FIELDS = ("torchscript", "checkpoint", "pickle", "diffusers")  # diffusers: a glob of save_pretrained folders

@@ -16,7 +16,7 @@ from conftest import write_yaml
 from jobs.config import ConfigError, load_config
 from jobs.driver import run_audit
 from jobs.plan import make_plan
-from jobs import models
+from jobs import labels_and_scores as models
 from stats import read_output
 
 ASSETS = Path(__file__).resolve().parents[1] / "jobs" / "assets"

@@ -1,4 +1,4 @@
-"""A checkpoint sweep's decoded targets (issue 14, jobs.targets): decoded once, read back exactly, rejects kept,
+"""A checkpoint sweep's decoded targets (issue 14, jobs.target_cache): decoded once, read back exactly, rejects kept,
 and a cache part that does not fit (another shape, a changed source, a corrupt file) never used."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from conftest import images, png, tiny_config, write_yaml
 
 from jobs.config import load_config
 from jobs.plan import make_plan
-from jobs.targets import TargetCache, ShardTargets, _part_bytes, _read_part, data_key, load_targets
+from jobs.target_cache import TargetCache, ShardTargets, _part_bytes, _read_part, data_key, load_targets
 from jobs.formats import Item
 from jobs.sources import SourceImage
 

@@ -1,4 +1,4 @@
-"""The job's side of issue 13: conditional generators' labels, and the discriminator check's outputs.
+"""The job's side of conditional generators' labels and of the discriminator check's scores.
 
     check_models(config)          at config time: a label column needs a conditional generator, a conditional
                                   discriminator needs generator.classes
