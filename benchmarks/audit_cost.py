@@ -1,4 +1,4 @@
-"""What a whole audit costs on trained generators, and what the cost buys (issue 23).
+"""What a whole audit costs on trained generators, and what the cost buys.
 
     python benchmarks/audit_cost.py [--models natural-dcgan.pt,natural-upconv.pt,style-digits.pt,cgan-1200.pt]
                                     [--train 48] [--copies 8]
@@ -14,7 +14,7 @@ copy plus N(0, 0.05^2) noise) and shifted near-copies (a copy moved by one pixel
 images; generated = `--generated` images. Then it runs the whole job (`memaudit audit`, local Ray,
 `--actors` actors of one CPU) once per setting, in the same process tree on the same machine:
 
-  before   recovery.start_cap: null and targets.shard_size: 256 (memaudit before issue 23: every image
+  before   recovery.start_cap: null and targets.shard_size: 256 (memaudit before every image
            that is not recovered runs its whole budget; shards of 256 in plan order)
   after    the defaults (start_cap: auto, measured on the generated split; shard_size: auto)
   paper    recovery.protocol: paper (50 L-BFGS iterations, one start): the reference cost
@@ -78,7 +78,7 @@ def generator_config(name: str) -> tuple[dict, Path]:
     else:
         section = {"torchscript": str(folder / name), "latent": entry["latent"]}
     section["output_range"] = entry["output_range"]
-    if "classes" in entry:  # conditional: no label column, so the class is searched (issue 23)
+    if "classes" in entry:  # conditional: no label column, so the class is searched
         section["classes"] = entry["classes"]
     data = ROOT / "jobs" / "assets" / (entry["train_set"] if "/" in entry["train_set"] else f"digits/{entry['train_set']}")
     return section, data

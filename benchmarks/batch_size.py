@@ -1,4 +1,4 @@
-"""Images per second of the search's evaluation per batch size, to choose recovery.batch_size (issue 9).
+"""Images per second of the search's evaluation per batch size, to choose recovery.batch_size.
 
     python benchmarks/batch_size.py [--models natural-upconv.pt,natural-dcgan.pt] [--device cuda] [--threads 2]
     python benchmarks/batch_size.py --torchscript my-generator.pt --latent 512 [--output-range -1 1]

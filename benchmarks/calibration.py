@@ -1,4 +1,4 @@
-"""Calibration and power of the verdict (issue 10), through stats.reduce on simulated error samples.
+"""Calibration and power of the verdict, through stats.reduce on simulated error samples.
 
     python benchmarks/calibration.py                 # the full tables (about 2 minutes on 2 cores)
     python benchmarks/calibration.py --trials 50     # a quicker look

@@ -1,4 +1,4 @@
-"""Does the search recover a trained generator's own images, and how fast? (issue 9)
+"""Does the search recover a trained generator's own images, and how fast?
 
     python benchmarks/convergence.py [--models natural-dcgan.pt,natural-upconv.pt] [--images 64]
                                      [--remedy-images 16] [--device cuda] [--threads 2] [--skip encoder,old,remedy]
@@ -18,7 +18,7 @@ below 1e-3 and 1e-2 MSE, the median MSE, images/s and generator evaluations per 
             time spread over an audit of --audit-images images per actor;
   variants  (--variants) the default with some recovery settings changed: how tuning candidates are compared;
             evaluation counts do not depend on the machine's load, so they are the figure to compare.
-  old       memaudit before issue 9 (commit OLD_ENGINE, restored with `git archive` into a temporary
+  old       memaudit before the budgeted search (commit OLD_ENGINE, restored with `git archive` into a temporary
             folder and run in a subprocess) at restarts 4, iterations 200.
 
 Every search runs on the same loaded generator, so in the same memory layout (generator.memory_format:
@@ -47,7 +47,7 @@ from recovery import (  # noqa: E402
     GeneratorSpec, LatentSpec, RecoverySettings, load_generator, recover, sample_generated, train_encoder)
 
 MODELS = ROOT / "jobs" / "assets" / "models"
-OLD_ENGINE = "6d8e3ea"  # the last commit before issue 9's search
+OLD_ENGINE = "6d8e3ea"  # the last commit before the search
 DEFAULT_MODELS = "natural-dcgan.pt,natural-upconv.pt"
 
 
@@ -102,7 +102,7 @@ print(json.dumps({"mse": table.column("mse").to_pylist(), "seconds": seconds}))
 
 
 def old_engine(name: str, entry: dict, targets: torch.Tensor, ids: list[str], device: str) -> tuple[np.ndarray, float]:
-    """memaudit as it was before issue 9, at restarts 4 / iterations 200: (MSE per image, seconds)."""
+    """memaudit as it was before the budgeted search, at restarts 4 / iterations 200: (MSE per image, seconds)."""
     with tempfile.TemporaryDirectory() as tmp:
         archive = subprocess.run(["git", "archive", OLD_ENGINE, "recovery"], cwd=ROOT, check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)

@@ -1,4 +1,4 @@
-"""The discriminator check as a test: its false-positive rate and its power, by simulation (issue 13).
+"""The discriminator check as a test: its false-positive rate and its power, by simulation.
 
     python benchmarks/discriminator_check.py [--trials 1000] [--seed 0] [--skip-real]
 

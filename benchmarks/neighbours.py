@@ -6,7 +6,7 @@
 Prints, for each train size (the full one and two smaller ones, each in a fresh process so peak RSS is its
 own; the full one also without MiFID's distance, which costs a pass over each tile): seconds, the kNN's
 rate in matmul FLOP/s (2 Q T D flops) as a fraction of plain matmuls of the same tiles, timed alternately
-with it in the same process, and the peak resident memory above the inputs. Targets (issue 12): >= 60% of
+with it in the same process, and the peak resident memory above the inputs. Targets: >= 60% of
 the matmul rate; memory independent of the train size.
 """
 

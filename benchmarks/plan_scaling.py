@@ -13,7 +13,7 @@ times, in this process:
     listing   jobs.sources.list_files alone, right after (the store's listing: glob, sort)
 
 and prints seconds per stage, microseconds per file and the growth exponent between consecutive sizes
-(log(t2 / t1) / log(N2 / N1): 1 is linear, 2 quadratic). Target (issue 11): 10^6 files plan in < 60 s.
+(log(t2 / t1) / log(N2 / N1): 1 is linear, 2 quadratic). Target: 10^6 files plan in < 60 s.
 The files are removed afterwards (unless --keep). The S3 objects are put straight into moto's in-process
 backend (a PUT per object over HTTP would take longer than the planning measured); the listing goes
 through s3fs and HTTP as in a real run.

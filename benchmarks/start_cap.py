@@ -1,4 +1,4 @@
-"""The start cap as a test (issue 23): its power (copies found) by simulation, its false-positive rate end to end.
+"""The start cap as a test: its power (copies found) by simulation, its false-positive rate end to end.
 
     python benchmarks/start_cap.py                       # the power table (seconds)
     python benchmarks/start_cap.py --null natural-dcgan.pt --val 200   # + the end-to-end null on a trained G

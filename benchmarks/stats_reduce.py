@@ -4,11 +4,11 @@
     /work/venv/bin/python benchmarks/stats_reduce.py --rows 1000000 --out /tmp/bench --keep
 
 Writes results as hive-partitioned Parquet parts (results/split=<split>/part-<n>.parquet,
-every column of DESIGN §5 but the latents), plus a few thousand rejects, in a child
+every column of DESIGN.md §5 but the latents), plus a few thousand rejects, in a child
 process; then, in this process, times each stage of what `memaudit report OUT` does:
 read, group (validation), summary, tests, histograms, verdict, report, write. Prints
 seconds per stage and the peak resident memory of this process (ru_maxrss), which the
-data generation does not inflate. Target (issue 3): under 30 s and 2 GB on 2 cores.
+data generation does not inflate. Target: under 30 s and 2 GB on 2 cores.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Run from the repository root (after `python experiments/train_models.py`):
 For each model in jobs/assets/models/models.json it recovers n training images (the first n of
 the model's own training set), n validation images (the first n of val.parquet, never trained on)
 and n images sampled from the generator itself, and prints median per-pixel MSE per split, the
-MRE-gap = (MRE_val - MRE_train) / MRE_val and the two-sided KS p-value (DESIGN §2).
+MRE-gap = (MRE_val - MRE_train) / MRE_val and the two-sided KS p-value (DESIGN.md §2).
 
 Expected (the paper's Table 1 pattern): GLO-64 gap > 0.3 and KS p < 1e-3, the gap shrinking as
 the training set grows; DCGAN p > 0.01 and |gap| < 0.1; generated images recovered almost

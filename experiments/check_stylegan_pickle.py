@@ -1,4 +1,4 @@
-"""Check memaudit's StyleGAN2-ADA / StyleGAN3 pickle support against NVlabs' own code (issue 13), on CPU.
+"""Check memaudit's StyleGAN2-ADA / StyleGAN3 pickle support against NVlabs' own code, on CPU.
 
     python experiments/check_stylegan_pickle.py --repo /path/to/stylegan2-ada-pytorch   # or a stylegan3 checkout
 

@@ -1,4 +1,4 @@
-"""The paper's cGAN row and the discriminator check on the bundled conditional GANs (issue 13), through the public API.
+"""The paper's cGAN row and the discriminator check on the bundled conditional GANs, through the public API.
 
     python experiments/conditional_table.py [--per-split 64] [--generated 16] [--unlabelled]
 

@@ -1,4 +1,4 @@
-"""Planted copies on a trained generator, end to end through recover() and stats.reduce (issues 9 and 10).
+"""Planted copies on a trained generator, end to end through recover() and stats.reduce.
 
     python experiments/planted_copies.py [--model natural-dcgan.pt] [--train 190] [--copies 10] [--val 200]
                                          [--budget 1500] [--threads 2]

@@ -1,4 +1,4 @@
-"""Train the bundled conditional GANs (issue 13): a class-conditional DCGAN on few and on many digits, on CPU.
+"""Train the bundled conditional GANs: a class-conditional DCGAN on few and on many digits, on CPU.
 
 Run from the repository root (about 3 minutes for both on one core):
 
@@ -157,7 +157,7 @@ def train_one(name: str) -> tuple[dict, dict]:
 
 def render(records: dict) -> str:
     lines = [
-        "# Conditional GANs (issue 13)",
+        "# Conditional GANs",
         "",
         "Class-conditional DCGANs (Mirza & Osindero 2014) trained by `experiments/train_cgan.py` on the digits with their",
         "labels: G(z [B, 32], c [B, 10] one-hot) is `recovery.models.dcgan.DCGAN(nz=42, ngf=32, nc=1, size=32)` on",

@@ -14,7 +14,7 @@ Writes, under jobs/assets/models/:
     MODEL_CARD.md    the human-readable card, rendered from training.json
 
 The models exist to show that the audit fires where memorization exists and stays quiet
-where it does not (DESIGN §2, the pattern of the paper's Table 1):
+where it does not (DESIGN.md §2, the pattern of the paper's Table 1):
 
     dcgan      a pure GAN (non-saturating loss) on all 1200 training images: no memorization expected
     glo-N      GLO (Bojanowski et al., ICML 2018) on the first N = 64, 256, 1200 training images:
@@ -157,7 +157,7 @@ def project_sphere(z: torch.Tensor) -> torch.Tensor:
 
 
 def glo_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Reconstruction loss: per-pixel MSE + 0.1 * per-pixel L1 (issue 6)."""
+    """Reconstruction loss: per-pixel MSE + 0.1 * per-pixel L1."""
     return F.mse_loss(fake, real) + 0.1 * F.l1_loss(fake, real)
 
 

@@ -7,7 +7,7 @@ Run from the repository root:
     python experiments/train_natural.py --grid /tmp/grids      # also save an 8x8 sample grid per model
 
 Why: the latent search was tuned on random-weight generators, which are trivially invertible.
-Convergence claims must be measured on trained generators (DESIGN §1), and these two are the
+Convergence claims must be measured on trained generators (DESIGN.md §1), and these two are the
 bundled ones: real GANs on real photos, small enough to train and to audit on a CPU.
 
 Writes, under jobs/assets/ (the data part is experiments/natural_data.py):

@@ -1,4 +1,4 @@
-"""Train the bundled style-based test subject (issue 13): a small StyleGAN2-like generator on the digits, on CPU.
+"""Train the bundled style-based test subject: a small StyleGAN2-like generator on the digits, on CPU.
 
 Run from the repository root (about 5 minutes on one core):
 
@@ -101,7 +101,7 @@ def main() -> None:
     write_json(OUT / "training.json", {**read_json(OUT / "training.json"), NAME[:-3]: record})
     print(record, flush=True)
     update_section(BEGIN, END, "\n".join([
-        "# Style-based generator (issue 13)",
+        "# Style-based generator",
         "",
         f"## style/{NAME}",
         "",

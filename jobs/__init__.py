@@ -1,5 +1,5 @@
 """memaudit's Ray job: plan shards, run them on actors that each hold one generator, write Parquet parts,
-resume, reduce with stats, write the report (DESIGN §4-§6).
+resume, reduce with stats, write the report (DESIGN.md §4-§6).
 
     python -m jobs.audit --config audit.yaml          # or: memaudit audit --config audit.yaml
     ray job submit --working-dir . -- python -m jobs.audit --config audit.yaml

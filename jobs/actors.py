@@ -113,7 +113,7 @@ class AuditActor:
                 self.feature_net = recovery.load_feature_net(
                     config.feature_net, device=device, storage_options=storage.storage_options(config.feature_net, endpoint))
             self.shape = recovery.target_shape(self.generator, config.recovery)
-            self.discriminator = labels_and_scores.load_discriminator(self.generator, self.shape, config, device)  # issue 13; None if unset
+            self.discriminator = labels_and_scores.load_discriminator(self.generator, self.shape, config, device)  # None if unset
             self.batch_size = recovery.batch_size_for(self.generator, config.recovery)  # set, or the device's default
         except Exception as exc:  # noqa: BLE001 - kept and raised by ready(), so the driver sees the cause itself
             self.error = exc
@@ -190,7 +190,7 @@ class AuditActor:
             labels = (torch.tensor(labels_and_scores.label_indices([i.label for i in loaded.items], config))
                       if src.label_column else None)
         failures = 0
-        # keep_latent: samples are rendered from the stored latents, with no actor (issue 11)
+        # keep_latent: samples are rendered from the stored latents, with no actor
         settings = replace(config.recovery, keep_latent=True, batch_size=self.batch_size)
         if settings.start_cap == "auto" and start_cap is not None and not shard.generated:
             settings = replace(settings, start_cap=start_cap)
@@ -211,7 +211,7 @@ class AuditActor:
             rejects += [(Item(r["image_id"], r["source"], r["row"], None), "recover", r["failure"])
                         for r in failed.select(["image_id", "source", "row", "failure"]).to_pylist()]
         # Always, even when empty, and before the rejects part: a retry whose rows all became rejects replaces
-        # the results part an earlier attempt left (issue 11); the rejects part, last, marks the shard done.
+        # the results part an earlier attempt left; the rejects part, last, marks the shard done.
         storage.put_atomic(outputs.results_url(out, shard.split, shard.id),
                            outputs.part_bytes(results, fingerprint=self.fingerprint, shard_id=shard.id), endpoint)
         storage.put_atomic(outputs.rejects_url(out, shard.id),  # last: the shard's done marker

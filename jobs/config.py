@@ -40,7 +40,7 @@ from .typed import convert, mapping, plain, reject_unknown, shown
 
 DEFAULT_OUTPUT = "memaudit-out"  # under the current directory, when neither --out nor `output:` is given
 DEMO_CONFIG = Path(__file__).resolve().parent / "assets" / "demo.yaml"  # `memaudit audit` with no --config
-GENERATED = "generated"  # the split sampled from the generator itself (DESIGN §1)
+GENERATED = "generated"  # the split sampled from the generator itself (DESIGN.md §1)
 AUTO = "auto"  # targets.shard_size: sized by jobs.plan from the planned images
 
 
@@ -67,7 +67,7 @@ class SourceConfig:
     shape: tuple[int, ...] | None = None
     shape_column: str | None = None
     id_column: str | None = None
-    label_column: str | None = None  # issue 13: each image's class for a conditional generator (generator.classes)
+    label_column: str | None = None  # each image's class for a conditional generator (generator.classes)
 
     def __post_init__(self) -> None:
         if self.format is None:
@@ -137,7 +137,7 @@ class TargetsConfig:
 
 @dataclass(frozen=True)
 class ResourcesConfig:
-    """What each actor reserves; one actor holds one generator (DESIGN §6)."""
+    """What each actor reserves; one actor holds one generator (DESIGN.md §6)."""
 
     actors: int = 2
     gpus_per_actor: float = 0.0
@@ -213,7 +213,7 @@ class StorageConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """What this run is, for output.history and checkpoint sweeps (issue 14); changes no results row.
+    """What this run is, for output.history and checkpoint sweeps; changes no results row.
 
     model: the model's name in the history (None: the generator file's name without extension; in a
         checkpoint sweep, the checkpoints' folder name).
@@ -238,11 +238,11 @@ class AuditConfig:
     resources: ResourcesConfig = ResourcesConfig()
     job: JobConfig = JobConfig()
     storage: StorageConfig = StorageConfig()
-    history: str | None = None  # output.history: the Parquet dataset each finished run appends its row to (issue 14)
+    history: str | None = None  # output.history: the Parquet dataset each finished run appends its row to
     run: RunConfig = RunConfig()  # run: {model, tags}, recorded with the run
     detectors: tuple[str, ...] = ("recovery",)  # recovery plus companions (jobs.detector_config)
     features: FeaturesConfig = FeaturesConfig()  # the companions' feature space and kNN
-    discriminator: DiscriminatorSpec | None = None  # issue 13: the discriminator check (jobs.labels_and_scores)
+    discriminator: DiscriminatorSpec | None = None  # the discriminator check (jobs.labels_and_scores)
     base_dir: str = "."
     config_path: str | None = None
 
@@ -284,7 +284,7 @@ SECTIONS = ("generator", "targets", "recovery", "resources", "stats", "job", "ou
             "features", "discriminator")
 
 
-SECTIONS += ("run",)  # issue 14: run: {model, tags} (RunConfig)
+SECTIONS += ("run",)  # run: {model, tags} (RunConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Companion detectors in the job (issue 12): the config section, and the driver's pass after the recovery shards.
+"""Companion detectors in the job: the config section, and the driver's pass after the recovery shards.
 
     detectors: [recovery, neighbours, mifid, ct, birthday]     # default [recovery]
     features: {space: pixel, crop: 48, metric: l2, k: 5}        # or space: net, net: s3://.../sscd.pt
@@ -189,7 +189,7 @@ def _dispatch(pool, config, calls: list[tuple[str, tuple]]) -> list[Any]:
                     raise JobError(f"detectors: {name} task failed: {cause}") from None
                 log.warning("detectors: %s task failed (%s); retry %d", name, exc.cause, attempt + 1)
                 queue.insert(0, (name, args, attempt + 1))
-            except ray.exceptions.RayError as exc:  # the actor or its node is gone (issue 24): not the task's fault
+            except ray.exceptions.RayError as exc:  # the actor or its node is gone: not the task's fault
                 log.warning("detectors: the actor running a %s task was lost (%s); the task goes back to the queue",
                             name, reason(exc))
                 pool.rejoin(actor)  # Ray restarts it where there is room; it comes back through `starting`

@@ -178,7 +178,7 @@ class _ShardLoop:
             self.waiting = True
 
     def _poll(self) -> None:
-        """Ask every busy actor (without a poll in flight) how far its shard is: images, not shards (issue 11)."""
+        """Ask every busy actor (without a poll in flight) how far its shard is: images, not shards."""
         asked = set(self.polls.values())
         for actor, shard in self.running.values():
             if shard.id not in asked:

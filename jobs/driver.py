@@ -73,13 +73,13 @@ def run_audit(config: AuditConfig, *, plan: Plan | None = None, overwrite: bool 
     plan = plan or make_plan(config)
     config = sized(config, plan.shard_size)  # targets.shard_size auto made definite, as the fingerprint hashes it
     config, start = encoders.resolve_start(config, plan.total_images)  # "auto": the encoder for a large audit
-    labels_and_scores.check_labels(config, plan)  # issue 13: a label outside generator.classes is refused before any actor starts
+    labels_and_scores.check_labels(config, plan)  # a label outside generator.classes is refused before any actor starts
     out = config.output
     fitting = fit_actors(config, local=local)  # before anything is written: a resource no node has is a user error
     _check_placement(config)  # a local output on a multi-node cluster: refused before any actor starts
     generator = generator if generator is not None else preflight.load_generator_cpu(config)
     lease, done, info = _take_output(config, plan, overwrite=overwrite, started=started, address=address)
-    info["search"] = {**labels_and_scores.search_info(generator), "start": start}  # the space searched (issue 13), the start
+    info["search"] = {**labels_and_scores.search_info(generator), "start": start}  # the space searched, the start
     log.info("search start: %s", start)
     pending = start_cap.order([s for s in plan.shards if s.id not in done], config)  # generated first under start_cap auto
     log.info("plan: %s", plan.describe().replace("\n", "\n  "))
@@ -95,7 +95,7 @@ def run_audit(config: AuditConfig, *, plan: Plan | None = None, overwrite: bool 
         reports, failed = start_cap.run_pending(pool, pending, config, plan, info, lease=lease, done=done)
         info["timing_s"]["shards"] = round(time.time() - started_shards, 3)  # includes actor_start
         _record_shards(info, pool, reports, failed, target_cache)
-        ran = {r.shard_id for r in reports}  # once: a set per shard made this quadratic (issue 11)
+        ran = {r.shard_id for r in reports}  # once: a set per shard made this quadratic
         remaining = [s.id for s in plan.shards if s.id not in done and s.id not in ran]
         if failed:
             shown = "; ".join(f"{k} ({v})" for k, v in list(failed.items())[:5])
@@ -125,12 +125,12 @@ def _record_shards(info: dict, pool: AuditActors, reports: list, failed: dict[st
     dispatch to the last shard's end; null when no shard ran)."""
     info["timing_s"]["actor_start"] = None if pool.first_ready is None else round(pool.first_ready, 3)
     info["shards_run"] = [r.shard_id for r in reports]
-    if target_cache is not None:  # issue 14: how many shards' targets a sweep's cache spared decoding
+    if target_cache is not None:  # how many shards' targets a sweep's cache spared decoding
         info["target_cache"] = {"url": target_cache.root, "shards_read": sum(r.targets_from_cache for r in reports),
                                 "shards_decoded": sum(not r.targets_from_cache and r.split != GENERATED
                                                       for r in reports)}
     info["failed_shards"] = failed
-    info["node_losses"] = list(getattr(pool, "losses", []))  # issue 24: shards lost with their node, settled
+    info["node_losses"] = list(getattr(pool, "losses", []))  # shards lost with their node, settled
     info["memory_mb"] = {"actors_peak": max((r.peak_rss_mb for r in reports), default=None)}
     usage = pool.usage
     share = None if usage is None else usage.idle_share
@@ -216,7 +216,7 @@ def _reduce(pool: AuditActors, config: AuditConfig, plan: Plan, info: dict, t0: 
     options = storage.storage_options(out, endpoint)
     columns = tuple(dict.fromkeys(stats.io.STATS_COLUMNS + ("source", "row", "target_hash") + labels_and_scores.result_columns(config)))
     outputs.check_parts(out, fingerprint=plan.fingerprint, planned={s.id: s.split for s in plan.shards},
-                        endpoint_url=endpoint)  # no part of another run or config is ever reduced (issue 11)
+                        endpoint_url=endpoint)  # no part of another run or config is ever reduced
     if not _any_results(out, endpoint):
         log.error("every image was rejected, so there is nothing to reduce; see %s", storage.join(out, "rejects"))
         return _finish(info, lease, t0, "failed", 1)
@@ -234,7 +234,7 @@ def _reduce(pool: AuditActors, config: AuditConfig, plan: Plan, info: dict, t0: 
         info["refused"] = message
         return _finish(info, lease, t0, "refused", 1)
     log.info("reducing %d results and %d rejects with stats", results.num_rows, 0 if rejects is None else rejects.num_rows)
-    # None unless `detectors` lists companions (issue 12); the closest pairs are drawn with the CPU generator
+    # None unless `detectors` lists companions; the closest pairs are drawn with the CPU generator
     companions = run_detectors(pool, config, plan, results, generator=generator)
     scores, detectors = labels_and_scores.finish(config, results, None if companions is None else companions.detectors)
     companions = labels_and_scores.with_detectors(companions, detectors)  # the discriminator check's row joins the detectors'
@@ -266,7 +266,7 @@ def _reduce(pool: AuditActors, config: AuditConfig, plan: Plan, info: dict, t0: 
 
 def _check_written_ids(plan: Plan, results, rejects) -> None:
     """Every row's id is a planned id of its split (with check_complete's counts and no repeats: the written
-    ids are exactly the planned ones; issue 15). Raises JobError naming a few strays."""
+    ids are exactly the planned ones). Raises JobError naming a few strays."""
     import pyarrow as pa
     import pyarrow.compute as pc
 

@@ -1,4 +1,4 @@
-"""The companion detectors' work on an actor (issue 12): features per shard, kNN per train block, image pairs.
+"""The companion detectors' work on an actor: features per shard, kNN per train block, image pairs.
 
     <out>/features/<fkey>/split=<split>/part-<shard>.parquet   image_id, split, feature (list<float32>)
     <out>/features/<fkey>/knn-<kkey>/part-<block>.parquet      query_id, query_split, train_id, distance,

@@ -47,7 +47,7 @@ def settings_hash(config: "AuditConfig") -> str:
         "recovery": recovery,
         "feature_net": config.identity(config.feature_net) if config.feature_net else None,
     }
-    if getattr(config, "discriminator", None) is not None:  # issue 13: D's scores are results columns
+    if getattr(config, "discriminator", None) is not None:  # D's scores are results columns
         d = plain(config.discriminator)
         payload["discriminator"] = {k: config.identity(v) if k in ("torchscript", "checkpoint", "pickle") and v else v
                                     for k, v in d.items()}

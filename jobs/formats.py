@@ -205,7 +205,7 @@ class ParquetFormat:
                     items.append(Item(image_id, url, row, None, f"{array.size} values do not fit shape {shape}"))
                     continue
                 items.append(Item(image_id, url, row, array.astype(np.uint8).reshape(tuple(shape))))
-        if src.label_column:  # issue 13: each image's class, for a conditional generator
+        if src.label_column:  # each image's class, for a conditional generator
             items = [replace(item, label=label) for item, label in zip(items, table.column(src.label_column).to_pylist())]
         return items
 

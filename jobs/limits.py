@@ -1,4 +1,4 @@
-"""Upper bounds for every number in an audit config, checked before any cluster work (issue 15).
+"""Upper bounds for every number in an audit config, checked before any cluster work.
 
 A typo such as `restarts: 1.0e12` or `generated.count: 1e12` must be refused with the field's name,
 not accepted and then sit at "0/7, ETA unknown" or exhaust memory after every shard has run. Each

@@ -1,4 +1,4 @@
-"""Shards lost with their actor: was it the node, the shard, or only the connection? (issue 24)
+"""Shards lost with their actor: was it the node, the shard, or only the connection?
 
     lost = LostShards()
     lost.add(actor, shard, placement, why)        # run_shard raised a Ray error (the actor died or is unreachable)

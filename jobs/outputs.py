@@ -1,4 +1,4 @@
-"""The output layout (DESIGN §5), part files with their fingerprint, and the resume bookkeeping.
+"""The output layout (DESIGN.md §5), part files with their fingerprint, and the resume bookkeeping.
 
     <out>/results/split=<split>/part-<shard>.parquet   written by an actor, first, always (maybe empty)
     <out>/rejects/part-<shard>.parquet                 written by the actor last, always (maybe empty): the shard's
@@ -33,7 +33,7 @@ SHARD_KEY = b"memaudit.shard"
 # Everything memaudit writes under <out>: --overwrite removes these and nothing else.
 OWN_FILES = ("run.json", "samples.parquet", "summary.parquet", "tests.parquet", "histograms.parquet", "ranking.parquet",
              "report.html")
-OWN_DIRS = ("results", "rejects", "features")  # features/: the companion detectors' parts (issue 12)
+OWN_DIRS = ("results", "rejects", "features")  # features/: the companion detectors' parts
 OWN_FILES += ("neighbours.parquet", "detectors.parquet", "ct_cells.parquet", "birthday.parquet", "pairs.parquet")
 
 REJECTS_SCHEMA = pa.schema([
@@ -94,7 +94,7 @@ def prepare(out: str, *, fingerprint: str, config: dict, previous: dict | None, 
         previous: the output's run.json (None if there is none).
         planned: shard id -> split, for every shard of this run's plan.
         expected: shard id -> the image ids planned for it (Plan.image_ids); then a shard is done only when its
-            two parts hold exactly those ids, one row each (issue 15: ids, not counts).
+            two parts hold exactly those ids, one row each (ids, not counts).
 
     Returns:
         the ids of the done shards.
@@ -185,7 +185,7 @@ def results_files(out: str, endpoint_url: str | None) -> list[str]:
 
 def check_parts(out: str, *, fingerprint: str, planned: dict[str, str], endpoint_url: str | None) -> None:
     """Before reducing: every results and rejects part under <out> carries this run's fingerprint and a planned
-    shard id, so rows of another run (or of another config) are never mixed into the tables (issue 11).
+    shard id, so rows of another run (or of another config) are never mixed into the tables.
 
     Raises:
         JobError: naming the first part that does not belong to this run.

@@ -21,7 +21,7 @@ PATH_KEYS = (("generator", "torchscript"), ("generator", "checkpoint"), ("recove
              ("generator", "pickle"), ("generator", "torchscript", "mapping"), ("generator", "torchscript", "synthesis"),
              ("discriminator", "torchscript"), ("discriminator", "checkpoint"), ("discriminator", "pickle"),
              ("features", "net"), ("generator", "diffusers"))
-PATH_KEYS += (("output", "path"), ("output", "history"))  # output: {path, history} (issue 14)
+PATH_KEYS += (("output", "path"), ("output", "history"))  # output: {path, history}
 TARGET_KEYS = ("generated", "limit", "limit_seed", "shard_size", "upscale")  # reserved under targets; every other key is a split
 
 

@@ -1,4 +1,4 @@
-"""Checks that run before any actor starts, so a mistake never costs a cluster start (issue 11).
+"""Checks that run before any actor starts, so a mistake never costs a cluster start.
 
     generator = load_generator_cpu(config)      # in the driver and in --dry-run: no Ray needed
     check_placement(config, ray.nodes(), node) # after connecting: a local output needs a one-node cluster
@@ -44,7 +44,7 @@ def load_generator_cpu(config: AuditConfig):
     if config.feature_net:
         recovery.load_feature_net(config.feature_net, device="cpu",
                                   storage_options=storage.storage_options(config.feature_net, endpoint))
-    labels_and_scores.load_discriminator(generator, shape, config, "cpu")  # issue 13: D's output checked before any actor starts
+    labels_and_scores.load_discriminator(generator, shape, config, "cpu")  # D's output checked before any actor starts
     _check_crop(config, shape)
     log.info("generator: loaded and checked on the CPU in %.1fs (output %s)", time.time() - started,
              list(generator.output_shape))

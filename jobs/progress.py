@@ -1,11 +1,11 @@
 """Progress of one invocation: shards and images done, images/s, evaluations/s, ETA, as plain log lines.
 
 The driver logs `Progress.line()` every job.progress_seconds; the same line reads well in a terminal and
-in `ray job logs`. Images count as the actors finish them, inside a shard (issue 11).
+in `ray job logs`. Images count as the actors finish them, inside a shard.
 
 The ETA is the work left over the work rate, not images over images/s: a real image costs the search
 ~5-10x the generator evaluations of a generated one, so counting images promised "56s" for a val shard
-that took ten more minutes (issue 23). Each split's cost per image is the mean evaluations per image of its
+that took ten more minutes. Each split's cost per image is the mean evaluations per image of its
 finished shards (ShardReport.evaluations; a split with none yet takes the mean over all finished shards,
 and before any shard finished the ETA counts images, as before): eta_seconds(), a pure function.
 

@@ -93,7 +93,7 @@ def _request(part: pa.Table, i: int, split: str, rank: str,
 
 def render(generator, config: AuditConfig, plan: Plan, results: pa.Table, ranking: pa.Table) -> bytes | None:
     """samples.parquet bytes, rendered in this process (the driver, on the CPU generator it loaded to check
-    the config) from the latents the results parts keep: no actor, no second recovery (issue 11). Targets
+    the config) from the latents the results parts keep: no actor, no second recovery. Targets
     are read again from their sources (generated ones sampled again). None if there is nothing to render.
     """
     requests = pick_samples(results, plan)

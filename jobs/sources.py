@@ -60,7 +60,7 @@ class SourceListing:
         """Source row positions (sorted) -> [(file index, rows inside that file)], in order.
 
         One binary search per position over the files' first rows: O(k log n) for k positions in n files,
-        so cutting a source into shards costs O(n log n) in all (issue 11: it was O(n) per shard).
+        so cutting a source into shards costs O(n log n) in all (it was O(n) per shard).
         """
         positions = np.asarray(positions, dtype=np.int64)
         if positions.size == 0:
@@ -80,7 +80,7 @@ def list_versions(src: "SourceConfig", endpoint_url: str | None) -> dict[str, st
     """list_files' URLs -> each file's version token (size and ETag or mtime), from the same one listing.
 
     The token goes into the fingerprint, so a file replaced by another of the same name and row count
-    makes a different run instead of a resume that mixes the two files' rows (issue 15).
+    makes a different run instead of a resume that mixes the two files' rows.
     """
     fmt = FORMATS[src.format]
     fs, path = storage.filesystem(src.uri, endpoint_url)

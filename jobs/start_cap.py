@@ -1,4 +1,4 @@
-"""recovery.start_cap: auto in the job (issue 23): the generated split first, then the real splits with a measured cap.
+"""recovery.start_cap: auto in the job: the generated split first, then the real splits with a measured cap.
 
 An unseen real image never reaches the exact level, so without a cap it restarts until its budget is gone.
 Under "auto" the driver runs the generated split's shards first with no cap, measures from their results how

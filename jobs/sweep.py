@@ -1,4 +1,4 @@
-"""Checkpoint sweeps (issue 14): `generator.torchscript` (or `checkpoint`, `pickle`) as a glob of checkpoints.
+"""Checkpoint sweeps: `generator.torchscript` (or `checkpoint`, `pickle`) as a glob of checkpoints.
 
     generator: {torchscript: "s3://bucket/run-7/ckpt-*.pt", latent: ...}
     output: s3://bucket/audits/run-7-sweep/

@@ -8,8 +8,8 @@ Decoding (reading the rows from the store, decoding PNG/JPEG, resizing to the au
 on the data and on the target's shape, range and upscale rule, not on the generator's weights. A checkpoint
 sweep audits the same targets with every checkpoint, so the first checkpoint's actors write each shard's
 decoded targets to `<sweep out>/cache/targets/<key>/part-<shard>.parquet` (float32, exact: the results are
-the same as from a fresh decode) and the other checkpoints' actors read them instead of the sources
-(issue 14). The key covers the sources' listed files with their versions, the targets section, the shape,
+the same as from a fresh decode) and the other checkpoints' actors read them instead of the sources.
+The key covers the sources' listed files with their versions, the targets section, the shape,
 the output range and the upscale rule, so a changed file, another resolution or another range is a miss,
 never a wrong target. A part that is missing, unreadable or of another key is decoded again and rewritten.
 `job.target_cache: false` turns it off (it stores 4 x C x H x W bytes per image).

@@ -1,4 +1,4 @@
-"""Scheduled audits (issue 14): the exit code a scheduler sees, and the run's row in `output.history`.
+"""Scheduled audits: the exit code a scheduler sees, and the run's row in `output.history`.
 
     code = exit_code(outcome, fail_on="memorization")      # stats.exit_codes: 0, 1, 3, 4
     record_history(config, outcome)                        # when output.history is set

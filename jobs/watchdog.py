@@ -4,7 +4,7 @@
 
 A driver that exits normally or on Ctrl-C shuts its local Ray down itself. A driver killed with SIGKILL
 cannot, and Ray's dashboard and runtime-env agents (children of the raylet, renamed `ray::...`, re-parented
-to init when the raylet dies with the driver) were left behind as orphans (issue 15). This small process,
+to init when the raylet dies with the driver) were left behind as orphans. This small process,
 in its own session, walks /proc once a second and remembers every descendant of the driver (pid and start
 time, so a reused pid is never touched). Once the driver is gone it ends those that still run: SIGTERM,
 then SIGKILL after a grace period. After a normal exit they are already gone and it simply exits.

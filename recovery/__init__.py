@@ -1,4 +1,4 @@
-"""Latent recovery on one device (DESIGN §1): load a generator, prepare targets, search the latent space.
+"""Latent recovery on one device (DESIGN.md §1): load a generator, prepare targets, search the latent space.
 
 Pure PyTorch, no Ray. The job (jobs/) fetches data and calls these; so can a notebook:
 

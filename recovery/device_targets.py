@@ -1,4 +1,4 @@
-"""Targets on the device batch by batch: at most about `batch_size` images at a time (issue 11).
+"""Targets on the device batch by batch: at most about `batch_size` images at a time.
 
 The slot optimizer only ever evaluates the images in its slots (and, when it screens starts, the few
 images being started), so Objective keeps every target's operator view A(x) on the host and holds on the

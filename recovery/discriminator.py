@@ -1,4 +1,4 @@
-"""The discriminator check's model side (issue 13): load D like G and score images, one score per image.
+"""The discriminator check's model side: load D like G and score images, one score per image.
 
 Brock et al. (BigGAN) saw that a GAN's discriminator ends up calling its training images real and held-out
 images fake; "GAN Discriminators Don't Generalize?" made it a test. A D that separates train from val has

@@ -1,4 +1,4 @@
-"""A learned start (issue 9, 3b): an encoder E(x) -> latent, trained on the generator's own samples only.
+"""A learned start (3b): an encoder E(x) -> latent, trained on the generator's own samples only.
 
 E is fitted to pairs (z, G(z)) with z drawn from the prior, never to a target, so it favours no split:
 train, val and generated images all get E's guess as one more screening candidate of their first start.

@@ -1,4 +1,4 @@
-"""Feature spaces for the companion detectors (issue 12): pixels, optionally center-cropped, or a user network.
+"""Feature spaces for the companion detectors: pixels, optionally center-cropped, or a user network.
 
     spec = FeatureSpec(space="pixel", crop=48)
     extractor = FeatureExtractor(spec, net=None, device="cpu")

@@ -1,4 +1,4 @@
-"""Exact k nearest neighbours in blocks, on one device (issue 12).
+"""Exact k nearest neighbours in blocks, on one device.
 
     found = knn(queries, train, k=5, metric="l2")        # queries [Q, D], train [T, D] float32
     found.distances   # [Q, k] ascending;  found.indices  # [Q, k] rows of `train` (-1 past T)

@@ -35,7 +35,7 @@ def target_shape(generator: LoadedGenerator, settings: RecoverySettings) -> tupl
 
 
 def to_audit_resolution(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
-    """Average-pool G(z) [B, C, H, W] down to the audit shape when that is smaller (DESIGN §1)."""
+    """Average-pool G(z) [B, C, H, W] down to the audit shape when that is smaller (DESIGN.md §1)."""
     if tuple(x.shape[-2:]) == shape[1:]:
         return x
     return F.adaptive_avg_pool2d(x, shape[1:])
@@ -127,7 +127,7 @@ class Objective:
         self.dtype = single_dtype(generator)  # every batch's output must have it (and the load check's shape)
         step = max(1, settings.batch_size)
         views, features = [], []
-        with torch.no_grad():  # A(x) (and its features) batch by batch, kept on the host (issue 11)
+        with torch.no_grad():  # A(x) (and its features) batch by batch, kept on the host
             for j in range(0, len(targets), step):
                 view = self.op(targets[j:j + step].to(device))  # [b, C, H', W']
                 views.append(view.cpu())

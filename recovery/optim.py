@@ -5,7 +5,7 @@ batched forward and backward through G), then each slot advances its own state m
 L-BFGS history, step length, line search and stopping, or its own Adam/SGD moments. A slot whose
 search ends is refilled at once from the scheduler, so the batch stays full while images converge
 at different speeds, and converged images cost nothing more. An image's result therefore does not
-depend on which images share its batch, the batch size, or their order (DESIGN §1: torch.optim.LBFGS
+depend on which images share its batch, the batch size, or their order (DESIGN.md §1: torch.optim.LBFGS
 over a summed loss would couple them).
 
 This module holds what every method shares: slot bookkeeping, the best point seen, and the stopping

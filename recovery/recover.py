@@ -129,7 +129,7 @@ def recover(
     Labels for an unconditional generator are an error.
 
     progress: called with the number of images finished so far each time an image's search ends (the job
-    reports images done inside a shard with it; issue 11).
+    reports images done inside a shard with it).
     """
     if device is not None and torch.device(device) != generator.device:
         raise RecoveryError(f"device {device} differs from the generator's device {generator.device}; load the generator there")

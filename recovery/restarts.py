@@ -1,4 +1,4 @@
-"""Starts and restarts per image: screened starts, adaptive restarts and the evaluation budget (issue 9).
+"""Starts and restarts per image: screened starts, adaptive restarts and the evaluation budget.
 
 Trained generators have hard latent landscapes: from one random start most searches end in a
 local minimum well above an exact recovery. Two things fix that cheaply:
@@ -8,7 +8,7 @@ local minimum well above an exact recovery. Two things fix that cheaply:
   good basin more often than a single draw does;
 - adaptive restarts: a start that converges or stalls above the exact-recovery level ends early
   and the image starts again from a fresh screened draw, until it is recovered, its budget of
-  generator evaluations is spent or it has had start_cap starts (issue 23: the number of starts
+  generator evaluations is spent or it has had start_cap starts (the number of starts
   that finds an in-range image with the recall asked for, measured on the generated split).
   Images that recover at once cost one start.
 

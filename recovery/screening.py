@@ -1,6 +1,6 @@
 """Each start's first point: the best of a few seeded prior draws, scored forward-only in batches.
 
-For a conditional G(z, c) without labels the class is screened the way starts are (issue 23): every start
+For a conditional G(z, c) without labels the class is screened the way starts are: every start
 spreads its `screening` draws over the classes, and the optimizer starts from the best (class, draw) pair
 with that class. An image's first start screens every class (at least one draw each) and ranks them; its
 later starts screen its `screening` best-ranked classes, so with K classes at most `screening`, an unknown

@@ -44,7 +44,7 @@ class LatentSpec:
 
 @dataclass(frozen=True)
 class ClassesSpec:
-    """A conditional generator's classes (issue 13): G(z, c), c one of `names`, fed to G as `encoding`.
+    """A conditional generator's classes: G(z, c), c one of `names`, fed to G as `encoding`.
 
     one_hot: c is a float [B, K] one-hot row (StyleGAN2-ADA's c_dim = K); index: c is an int64 [B] class index.
     """
@@ -107,7 +107,7 @@ class GeneratorSpec:
 
     factory is 'package.module:callable' called with kwargs; builtin is a key of recovery.models.BUILTINS.
     A checkpoint is loaded with torch.load(weights_only=True) unless trust_checkpoint is set (which runs pickle).
-    Style-based generators (issue 13): a factory returning a module with `mapping` and `synthesis`
+    Style-based generators: a factory returning a module with `mapping` and `synthesis`
     (StyleGAN2-ADA's interface), torchscript as {mapping: url, synthesis: url}, or a StyleGAN2-ADA / StyleGAN3
     network pickle (`pickle`, network `pickle_key`, only with trust_checkpoint). space: z | w | w_plus (None: w
     for a style-based generator, z otherwise); noise: const (the module's noise buffers, default) | zero |
@@ -179,7 +179,7 @@ class GeneratorSpec:
 
 @dataclass(frozen=True)
 class OperatorSpec:
-    """A, the operator applied to both G(z) and the target before the loss (DESIGN §1).
+    """A, the operator applied to both G(z) and the target before the loss (DESIGN.md §1).
 
     mask: only pixels inside boxes [top, left, height, width] count (local recovery, inpainting);
     pool: average pooling by factor (coarse structure only).
@@ -224,7 +224,7 @@ class SearchPlan:
     start_cap: int | None = None
 
 
-# The adaptive defaults (issue 9). Measured on trained generators (benchmarks/convergence.py):
+# The adaptive defaults. Measured on trained generators (benchmarks/convergence.py):
 # a handful of screened starts, each run to convergence, restarted while above exact_level.
 DEFAULT_BUDGET = 1500
 DEFAULT_SCREENING = 16
@@ -261,7 +261,7 @@ class RecoverySettings:
       the trained upsample+conv generator E cut evaluations per image from ~275 to ~85 after ~10 CPU-minutes
       of training: worth it beyond about 1000 images).
     encoder_min_images: with start "auto", the audit size (all splits) from which the job trains the encoder.
-    start_cap: with adaptive restarts, the most starts an image that is not yet recovered gets (issue 23). An image
+    start_cap: with adaptive restarts, the most starts an image that is not yet recovered gets. An image
       that is not in G's range (an unseen real image) never reaches exact_level, so without a cap it restarts until
       its budget is gone, and real images are nearly all of an audit. A start recovers an in-range image (a
       generated one, or a training image G copies) with some probability p that does not depend on the image's
@@ -270,7 +270,7 @@ class RecoverySettings:
       generated split, searched first with no cap (stats.start_cap: a lower confidence bound on p, and at least the
       most starts any generated image needed), then searches the real splits with it; recover() on its own,
       which has no generated split to measure on, treats "auto" as no cap. An int: that many starts. None: no
-      cap (every unrecovered image runs its whole budget, the behaviour before issue 23).
+      cap (every unrecovered image runs its whole budget, as before the cap existed).
     start_cap_recall: with start_cap "auto", the share of in-range images the cap must let through (0.999: on the
       bundled trained subjects 0.99 saved one more start per real image but left one near-copy of 16 on the
       conditional subject unfound, which 0.999 found; benchmarks/audit_cost.py).

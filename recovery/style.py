@@ -1,4 +1,4 @@
-"""Style-based generators (issue 13): mapping + synthesis, searched in Z, W (one w for every layer) or W+ (one w per layer).
+"""Style-based generators: mapping + synthesis, searched in Z, W (one w for every layer) or W+ (one w per layer).
 
 The interface is StyleGAN2-ADA's / StyleGAN3's (NVlabs `training/networks*.py`), which the project's own
 recovery.models.style.StyleGenerator follows too:

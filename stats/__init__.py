@@ -1,5 +1,5 @@
 """memaudit statistics: Arrow tables of per-image recovery results in; summary, tests,
-histograms, verdict and a self-contained HTML report out (DESIGN §2, §5).
+histograms, verdict and a self-contained HTML report out (DESIGN.md §2, §5).
 
 pyarrow, numpy, scipy and matplotlib (Agg) only: no torch, no ray, so results from any
 source (the Ray job, the in-process API, a table written by hand) can be audited anywhere.

@@ -2,7 +2,7 @@
 
 The job runs them before it reduces, and `memaudit report OUT` runs them again before it
 writes a verdict, so an output that is incomplete or whose held-out split holds training
-images gets no verdict either way (issue 10). Stats cannot import jobs: the job passes the
+images gets no verdict either way. Stats cannot import jobs: the job passes the
 planned counts in, and `memaudit report` takes them from run.json's ``plan.images``.
 """
 
@@ -20,7 +20,7 @@ EXAMPLES = 3
 
 
 def check_complete(results: pa.Table, rejects: pa.Table | None, planned: Mapping[str, int]) -> dict[str, dict[str, int]]:
-    """Every planned image is exactly one results row or one rejects row (DESIGN §5).
+    """Every planned image is exactly one results row or one rejects row (DESIGN.md §5).
 
     Returns per split {"images", "results", "rejects", "failures"} (failures: rejects of
     stage "recover"). Raises StatsError naming the first split whose rows do not add up.

@@ -1,4 +1,4 @@
-"""Tests between pairs of splits (DESIGN §2): KS, Mann-Whitney U, MRE-gap and its bootstrap CI.
+"""Tests between pairs of splits (DESIGN.md §2): KS, Mann-Whitney U, MRE-gap and its bootstrap CI.
 
 Each pair is (a, b) with a the split expected to be recovered better: the memorization
 pairs of ``settings.pairs`` first ((train, val) by default), then (generated, s) for every

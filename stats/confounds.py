@@ -1,4 +1,4 @@
-"""Confounds: differences between a memorization pair's splits that shift errors by themselves (issue 10).
+"""Confounds: differences between a memorization pair's splits that shift errors by themselves.
 
 JPEG artefacts, a downscale from a larger original, or a gray image audited by an RGB
 generator change how well an image can be recovered whatever the generator learned. When

@@ -1,4 +1,4 @@
-"""Exit codes of `memaudit audit` and `memaudit report`, for schedulers and CI (issue 14).
+"""Exit codes of `memaudit audit` and `memaudit report`, for schedulers and CI.
 
     0    the run finished: no evidence of memorization, or any verdict when --fail-on is not given
     1    error: shards failed, the inputs overlap, too many rejects, the store stayed unreachable
@@ -7,7 +7,7 @@
     4    inconclusive (or no verdict yet: a run stopped by --max-shards), with --fail-on inconclusive
     130  interrupted (resumable)
 
-Without --fail-on the verdict does not change the exit code, as before issue 14: a
+Without --fail-on the verdict does not change the exit code, as before a
 scheduler that treats any non-zero code as "the job broke" keeps working, and the verdict
 is in run.json, the log and the history. --fail-on names the mildest verdict that fails:
 `memorization` fails on memorization only; `inconclusive` also fails when the audit could

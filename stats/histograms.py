@@ -1,4 +1,4 @@
-"""Histograms of errors on bins shared by all splits (DESIGN §2).
+"""Histograms of errors on bins shared by all splits (DESIGN.md §2).
 
 The bins run from the smallest to the largest error over all splits, so no value falls
 off either end; they are log-spaced when the values span more than a decade (errors of

@@ -18,7 +18,7 @@ from stats.errors import StatsError
 
 TRAIN = "train"
 VAL = "val"
-GENERATED = "generated"  # the split sampled from the generator itself (DESIGN §1)
+GENERATED = "generated"  # the split sampled from the generator itself (DESIGN.md §1)
 
 RESULTS_REQUIRED = ("image_id", "split", "error")
 REJECTS_REQUIRED = ("split",)
@@ -163,7 +163,7 @@ def _example_id(results: pa.Table, mask: np.ndarray | pa.ChunkedArray) -> object
 
 
 def _check_ids(results: pa.Table, codes: np.ndarray, names: list[str]) -> None:
-    """One results row per image and split (DESIGN §5), checked through 64-bit hashes."""
+    """One results row per image and split (DESIGN.md §5), checked through 64-bit hashes."""
     ids = results.column("image_id")
     if ids.null_count:
         raise StatsError(f"results: column 'image_id' has {ids.null_count} missing values")

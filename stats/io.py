@@ -1,4 +1,4 @@
-"""Reading a run's output and writing the stats outputs, through fsspec (DESIGN §5).
+"""Reading a run's output and writing the stats outputs, through fsspec (DESIGN.md §5).
 
 Layout under one output URL (local path, s3://, memory://, ...):
     results/split=<split>/part-<shard>.parquet    read
@@ -31,8 +31,8 @@ from stats.inputs import is_string_like
 # are fine: stats.columns treats every column but image_id, split and error as optional.
 STATS_COLUMNS = (
     "image_id", "split", "error", "mse", "converged", "trace",
-    "evaluations", "evaluations_to_exact", "latent_norm",  # the search engine's (issue 9)
-    "format", "orig_width", "orig_height", "channels",  # the source image, for confounds (issue 10)
+    "evaluations", "evaluations_to_exact", "latent_norm",  # the search engine's
+    "format", "orig_width", "orig_height", "channels",  # the source image, for confounds
     "target_hash",  # the overlap check
 )
 REQUIRED_IN_PARTS = ("image_id", "error")

@@ -1,4 +1,4 @@
-"""Per-image memorization ranking and the partial-memorization tests (DESIGN §2, issue 10).
+"""Per-image memorization ranking and the partial-memorization tests (DESIGN.md §2).
 
 A generator usually copies some of its training images, not all, which moves neither the
 median nor the KS statistic much. So every image of the memorized split a (train) gets a

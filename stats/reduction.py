@@ -36,7 +36,7 @@ class Reduction:
     verdict: Verdict
     settings: StatsSettings = field(default_factory=StatsSettings)
     ranking: pa.Table = field(default_factory=RANKING_SCHEMA.empty_table)
-    detectors: pa.Table | None = None  # detectors.parquet when companion detectors ran (issue 12)
+    detectors: pa.Table | None = None  # detectors.parquet when companion detectors ran
 
 
 def reduce(
@@ -50,7 +50,7 @@ def reduce(
 
     Args:
         results: one row per recovered image; needs ``image_id``, ``split`` and ``error``
-            (DESIGN §5); uses ``mse``, ``converged``, the search columns and the source
+            (DESIGN.md §5); uses ``mse``, ``converged``, the search columns and the source
             columns (stats.columns) when present. Any split name is allowed; the split
             named "generated" is the generator's own images.
         rejects: one row per input that could not be audited; needs ``split``.

@@ -4,7 +4,7 @@ The defaults follow the paper (Webster et al., CVPR 2019) where it gives a numbe
 (alpha, gap threshold) and are documented choices where it does not (the success
 thresholds, the minimum sizes, the false discovery rate). The success thresholds
 tau_real and tau_generated apply to the results' ``mse`` column (mean squared error per
-pixel of images in [-1, 1], DESIGN §1) whatever loss the search optimized, so that
+pixel of images in [-1, 1], DESIGN.md §1) whatever loss the search optimized, so that
 "recovered" means the same thing for every loss; results without an ``mse`` column (a
 table written by hand) fall back to ``error``. The tests and the ranking use ``error``.
 """
@@ -50,7 +50,7 @@ class StatsSettings:
             this. 0.02 is an RMS pixel error of about 0.14 on [-1, 1] (about 7% of the range,
             PSNR about 23 dB): a close, recognizable recovery. Descriptive only; it does not
             enter the verdict.
-        tau_generated: exact-recovery level for the generated split (issue 9): a generated
+        tau_generated: exact-recovery level for the generated split: a generated
             image counts as recovered when its mse is below this. 1e-3 is an RMS pixel error
             of 0.03 (1.6% of the range, PSNR 36 dB): the search found the generator's own
             image, not merely a similar one.
@@ -72,7 +72,7 @@ class StatsSettings:
             a few thousand traces estimate well, and 10 million would not fit in memory.
         near_copy_ratio: the neighbours detector counts a generated image as a near-copy
             when its nearest training image is much nearer than the second, d1/d2 below this
-            (issue 12); descriptive, it does not decide whether the detector fires.
+           ; descriptive, it does not decide whether the detector fires.
         mifid_eps: MiFID's memorization threshold (Bai et al. 2021): the detector fires when
             the mean over generated images of the smallest 1 - |cos| to a training image is
             below it. The paper's 0.1, meant for Inception features.

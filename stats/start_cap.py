@@ -1,4 +1,4 @@
-"""How many starts an image in the generator's range needs: the search's start cap, measured (issue 23).
+"""How many starts an image in the generator's range needs: the search's start cap, measured.
 
 An unseen real image is not in G's range: it never reaches the exact level, so an adaptive search
 restarts it until its evaluation budget is gone, although its own error stops improving after a few

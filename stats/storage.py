@@ -377,7 +377,7 @@ def _precondition_failed(exc: BaseException) -> bool:
     """Whether a conditional write lost, read from the store's answer in the exception chain: botocore's
     ClientError response (error code PreconditionFailed, or HTTP status 412; s3fs keeps it as the cause of
     the OSError it raises) or the FileExistsError s3fs makes of a failed If-None-Match. Never from the
-    message text: a connection error naming part-...000412.parquet is not an answer (issue 26)."""
+    message text: a connection error naming part-...000412.parquet is not an answer."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, FileExistsError):

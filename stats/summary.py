@@ -1,4 +1,4 @@
-"""Per-split summary of recovery errors (DESIGN §2): count, MRE, moments, quantiles, success.
+"""Per-split summary of recovery errors (DESIGN.md §2): count, MRE, moments, quantiles, success.
 
 Success counts images whose ``mse`` is below tau (tau_real, or tau_generated for the
 generated split) whatever loss was optimized; results without an mse column use

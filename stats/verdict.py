@@ -1,4 +1,4 @@
-"""The verdict: memorization, no evidence, or inconclusive (DESIGN §2, issue 10).
+"""The verdict: memorization, no evidence, or inconclusive (DESIGN.md §2).
 
 The verdict is a test with a stated false-positive rate. For every memorization pair
 (a, b) of ``settings.pairs`` ((train, val) by default) four rules each give a p-value
@@ -105,7 +105,7 @@ def decide(
 ) -> Verdict:
     """Apply the rules to the tables of one reduction (summary, tests, ranking) and the confound warnings.
 
-    detectors: detectors.parquet (issue 12). The companion detectors do not change the label, which stays
+    detectors: detectors.parquet. The companion detectors do not change the label, which stays
     the calibrated recovery test's; their outcomes join the reasons and the sentence says which agree."""
     verdict = _decide(summary, tests, settings, ranking=ranking, confounds=confounds)
     if detectors is None or detectors.num_rows == 0:

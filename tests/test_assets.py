@@ -1,4 +1,4 @@
-"""The bundled demo data and generators (issue 6): what is committed matches what is documented.
+"""The bundled demo data and generators: what is committed matches what is documented.
 
 Built by experiments/make_digits.py and experiments/train_models.py; see the model card in
 jobs/assets/models/MODEL_CARD.md.

@@ -1,4 +1,4 @@
-"""Conditional generators and the discriminator check (issue 13) on the bundled cGANs (experiments/train_cgan.py).
+"""Conditional generators and the discriminator check on the bundled cGANs (experiments/train_cgan.py).
 
 cgan-64 saw each of its 64 training digits ~1500 times; cgan-1200 trained on 1200. The paper's cGAN row: the
 audit flags the small training set and not the large one, and each model's discriminator separates its own

@@ -1,4 +1,4 @@
-"""Companion detectors (issue 12): exact kNN, feature spaces, and each statistic against a reference value,
+"""Companion detectors: exact kNN, feature spaces, and each statistic against a reference value,
 a planted-copy case that must fire and an exchangeable case that must not."""
 
 from __future__ import annotations

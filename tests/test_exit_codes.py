@@ -1,4 +1,4 @@
-"""Exit codes for schedulers and CI (issue 14): 0 no evidence, 3 memorization, 4 inconclusive, 1 error, 2 bad input."""
+"""Exit codes for schedulers and CI: 0 no evidence, 3 memorization, 4 inconclusive, 1 error, 2 bad input."""
 
 import numpy as np
 import pytest

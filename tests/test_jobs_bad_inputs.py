@@ -1,4 +1,4 @@
-"""Broken input files are named in a one-line error before Ray starts, never a traceback (issue 15)."""
+"""Broken input files are named in a one-line error before Ray starts, never a traceback."""
 
 from __future__ import annotations
 

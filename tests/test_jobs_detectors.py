@@ -1,4 +1,4 @@
-"""The companion detectors end to end on a local Ray (issue 12): features once per image under <out>/features/,
+"""The companion detectors end to end on a local Ray: features once per image under <out>/features/,
 reused by a re-run; neighbours.parquet, detectors.parquet and the report's section; --overwrite clears them."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Dispatch without Ray (issue 23): longest work first, the ETA from the work left (generator evaluations,
+"""Dispatch without Ray: longest work first, the ETA from the work left (generator evaluations,
 not images), and the actors' idle share. Pure functions and injected clocks: no timing."""
 
 from __future__ import annotations

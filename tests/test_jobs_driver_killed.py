@@ -102,7 +102,7 @@ def test_a_killed_driver_resumes_with_only_the_unfinished_shards(tmp_path, tiny_
 
 def test_killing_one_of_two_concurrent_runs_never_mixes_rows(tmp_path, tiny_data, tiny_generator):
     """Run A holds the output; run B (another config, --overwrite) is refused while A lives; A is killed; B then
-    takes the output over, and every part and row in it is B's (issue 11)."""
+    takes the output over, and every part and row in it is B's."""
     targets = {"train": [{"uri": str(tiny_data / "train.parquet"), "image_column": "image", "id_column": "id"}],
                "shard_size": 1}
     raw = tiny_config(tiny_generator, targets=targets)

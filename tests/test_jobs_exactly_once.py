@@ -1,4 +1,4 @@
-"""Exactly-once under faults (issue 11), on a local Ray: a retry that rejects every row replaces the stale
+"""Exactly-once under faults, on a local Ray: a retry that rejects every row replaces the stale
 results part; a part of another run is never reduced; --overwrite under a live run is refused by its lease;
 a stats-only re-run renders samples with no actor; actors report images done inside a shard."""
 
@@ -57,7 +57,7 @@ def test_a_retry_whose_rows_all_became_rejects_replaces_the_stale_results_part(r
     assert run_audit(config).exit_code == 0
     (tmp_path / "out" / "rejects" / f"part-{shard.id}.parquet").unlink()  # as if the first attempt died here
     marker.touch()  # the retry: the generator gives NaN, so every image becomes a `recover` reject
-    outcome = run_audit(config)  # before issue 11: the stale part's 6 rows plus 6 rejects, "inconsistent output"
+    outcome = run_audit(config)  # before the stale part's 6 rows plus 6 rejects, "inconsistent output"
     assert outcome.run_info["shards_run"] == [shard.id]
     assert outcome.run_info["status"] == "failed"  # every image rejected: nothing to reduce, and said so
     part = pq.read_table(tmp_path / "out" / "results" / "split=val" / f"part-{shard.id}.parquet")

@@ -1,5 +1,5 @@
 """The fingerprint covers the content identity of every input file, so a resume never mixes two versions of
-a file; an empty Parquet source is refused instead of silently dropping its split (issue 15)."""
+a file; an empty Parquet source is refused instead of silently dropping its split."""
 
 from __future__ import annotations
 

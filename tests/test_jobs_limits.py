@@ -1,4 +1,4 @@
-"""Every number in a config is finite and bounded, and YAML aliases are refused, before any cluster work (issue 15)."""
+"""Every number in a config is finite and bounded, and YAML aliases are refused, before any cluster work."""
 
 from __future__ import annotations
 

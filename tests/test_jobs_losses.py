@@ -1,5 +1,5 @@
 """jobs.losses without Ray: a shard lost with its actor is settled as a lost node, a dead process or a lost
-connection, from the GCS's live nodes and where the actor answers again (issue 24)."""
+connection, from the GCS's live nodes and where the actor answers again."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The job with issue 13's models: a conditional generator with a label column, and the discriminator check.
+"""The job with the models: a conditional generator with a label column, and the discriminator check.
 
 On a local Ray, the bundled cgan-64 (experiments/train_cgan.py) audits a few of its training digits and held-out
 digits with their labels; its discriminator scores every image; discriminator.parquet, its detectors row and the

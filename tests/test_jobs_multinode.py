@@ -1,5 +1,5 @@
 """A real multi-node Ray cluster on loopback (ray.cluster_utils.Cluster): a head with no CPUs that only drives,
-1-CPU worker nodes added and removed by the tests, inputs and outputs on moto S3 (issue 24).
+1-CPU worker nodes added and removed by the tests, inputs and outputs on moto S3.
 
 Nodes are removed as a preemption would take them (their processes killed, no drain) while one of their
 shards runs: the generator is tests/node_loss_models.SlowTiny, which leaves a file named by its node's id

@@ -1,4 +1,4 @@
-"""The output's bookkeeping without Ray (issues 11 and 15): which shards are done, what --overwrite removes,
+"""The output's bookkeeping without Ray: which shards are done, what --overwrite removes,
 and outputs that are refused outright."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Checks before Ray starts (issue 11): the generator is loaded and run once on the driver's CPU (also in
+"""Checks before Ray starts: the generator is loaded and run once on the driver's CPU (also in
 --dry-run), and a local output is refused when actors may run on other nodes. Also: a source file that
 cannot be read because of the store is the shard's failure, never an image's reject."""
 

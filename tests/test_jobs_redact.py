@@ -1,4 +1,4 @@
-"""Secrets in URLs never reach what memaudit shows or stores (issue 15)."""
+"""Secrets in URLs never reach what memaudit shows or stores."""
 
 import logging
 

@@ -64,7 +64,7 @@ def test_full_run_reads_and_writes_s3(ray_local, s3, bucket, moto_server, tiny_d
     logged = capsys.readouterr().out
     assert "progress:" in logged or "done: shards" in logged
     assert "done: shards 7/7, images 25/25 (2 rejected)" in logged
-    assert "evaluations/s, elapsed" in logged  # the shards' evaluations reached the progress line (issue 23)
+    assert "evaluations/s, elapsed" in logged  # the shards' evaluations reached the progress line
     assert "actor idle share" in logged
 
     out = f"s3://{bucket}/out"
@@ -92,7 +92,7 @@ def test_full_run_reads_and_writes_s3(ray_local, s3, bucket, moto_server, tiny_d
     assert run_info["status"] == "done" and run_info["counts"]["val"] == {"images": 8, "results": 6, "rejects": 2, "failures": 0}
     assert run_info["fingerprint"] == make_plan(load_config(config_path)).fingerprint
     assert run_info["plan"]["shard_size"] == 4 and not run_info["plan"]["shard_size_auto"]
-    assert 0 <= run_info["actor_idle_share"] <= 1 and 1 <= len(run_info["actor_busy_s"]) <= 2  # issue 23
+    assert 0 <= run_info["actor_idle_share"] <= 1 and 1 <= len(run_info["actor_busy_s"]) <= 2
     assert set(run_info["versions"]) >= {"memaudit", "torch", "ray", "pyarrow"}
     # Credentials never reach the outputs or the log.
     for name in ("run.json", "report.html"):

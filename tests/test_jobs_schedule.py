@@ -1,4 +1,4 @@
-"""Scheduled audits through the job (issue 14): a checkpoint sweep over two bundled checkpoints appended to
+"""Scheduled audits through the job: a checkpoint sweep over two bundled checkpoints appended to
 output.history, resubmitted without a second row; the job's exit codes with and without --fail-on."""
 
 from __future__ import annotations

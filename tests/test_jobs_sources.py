@@ -188,7 +188,7 @@ def test_parquet_row_counts_come_from_footers(tmp_path):
 
 
 def test_locating_rows_in_many_files_matches_a_file_by_file_walk():
-    """SourceListing.locate (one binary search per row, issue 11) gives what walking every file would."""
+    """SourceListing.locate (one binary search per row) gives what walking every file would."""
     import numpy as np
 
     from jobs.sources import SourceListing

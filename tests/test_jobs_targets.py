@@ -1,4 +1,4 @@
-"""A checkpoint sweep's decoded targets (issue 14, jobs.target_cache): decoded once, read back exactly, rejects kept,
+"""A checkpoint sweep's decoded targets (jobs.target_cache): decoded once, read back exactly, rejects kept,
 and a cache part that does not fit (another shape, a changed source, a corrupt file) never used."""
 
 from __future__ import annotations

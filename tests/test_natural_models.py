@@ -1,4 +1,4 @@
-"""The bundled natural-image test subjects (issue 9): what is committed loads, behaves and matches its catalog.
+"""The bundled natural-image test subjects: what is committed loads, behaves and matches its catalog.
 
 Built by experiments/train_natural.py (data: experiments/natural_data.py); card in
 jobs/assets/models/MODEL_CARD.md.

@@ -1,4 +1,4 @@
-"""The search's batch size (issue 9, recovery.batching): a fixed rule per device and image size by default, so a
+"""The search's batch size (recovery.batching): a fixed rule per device and image size by default, so a
 config gives the same table on every run, and a measurement a user can run to choose one."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The load check keeps a generator's own error text, refuses non-float output and warns on a wrong
-output_range (issue 15)."""
+output_range."""
 
 from __future__ import annotations
 

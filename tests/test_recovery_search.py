@@ -1,4 +1,4 @@
-"""The search's budget, restarts, starts, geometry and stopping (issue 9): what a user of recover() relies on."""
+"""The search's budget, restarts, starts, geometry and stopping: what a user of recover() relies on."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Targets stream to the device batch by batch (issue 11): recover() holds about batch_size targets on the
+"""Targets stream to the device batch by batch: recover() holds about batch_size targets on the
 device, not all N, and its rows do not change. Also the progress callback the job reports images with."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The start cap (issue 23): an image not in G's range stops after the starts that find an in-range image with the
+"""The start cap: an image not in G's range stops after the starts that find an in-range image with the
 recall asked for, measured on the generated split; train and val are treated alike."""
 
 from __future__ import annotations

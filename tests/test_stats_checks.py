@@ -1,4 +1,4 @@
-"""The checks shared by the job and `memaudit report`: completeness and train/val overlap (issue 10)."""
+"""The checks shared by the job and `memaudit report`: completeness and train/val overlap."""
 
 from __future__ import annotations
 

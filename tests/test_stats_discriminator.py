@@ -1,4 +1,4 @@
-"""The discriminator check's statistics (issue 13): per split scores, KS and AUC, its detectors row and report section."""
+"""The discriminator check's statistics: per split scores, KS and AUC, its detectors row and report section."""
 
 from __future__ import annotations
 

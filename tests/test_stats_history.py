@@ -1,4 +1,4 @@
-"""The run history (issue 14): rows built from finished outputs, appended atomically and idempotently, read back."""
+"""The run history: rows built from finished outputs, appended atomically and idempotently, read back."""
 
 import pyarrow as pa
 import pyarrow.compute as pc

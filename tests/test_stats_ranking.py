@@ -1,4 +1,4 @@
-"""Per-image p-values, the tail model, BH q-values and the partial-memorization tests (issue 10)."""
+"""Per-image p-values, the tail model, BH q-values and the partial-memorization tests."""
 
 from __future__ import annotations
 

@@ -288,7 +288,7 @@ def test_search_section_from_the_engine_columns():
     assert "where the budget went" in "".join(page.text).lower()
     cap = measure_start_cap(pa.table({"mse": [1e-4] * 64, "restarts": [1] * 64}), exact_level=1e-3).to_dict()
     text = "".join(parse(render_report(reduction, results=results, run_info={"search": {"start_cap": cap}})).text)
-    assert "stopped after 3 starts" in text and "64 of 64 generated images recovered" in text  # issue 23
+    assert "stopped after 3 starts" in text and "64 of 64 generated images recovered" in text
 
 
 def test_convergence_starts_at_iteration_zero():

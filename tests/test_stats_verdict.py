@@ -1,4 +1,4 @@
-"""Verdict rules, each way, and the calibration of the decision (issue 10)."""
+"""Verdict rules, each way, and the calibration of the decision."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def test_train_recovered_worse_is_not_memorization(rng):
 
 
 def test_false_positive_rate_at_64_per_split_is_at_most_alpha():
-    # The paper's rule fires here about a quarter of the time (issue 10); the verdict must not.
+    # The paper's rule fires here about a quarter of the time; the verdict must not.
     rng = np.random.default_rng(64)
     fired = paper = 0
     for _ in range(150):

@@ -1,4 +1,4 @@
-"""Style-based generators (issue 13): W and W+ recovery on the bundled trained StyleGAN2-like generator, and loading.
+"""Style-based generators: W and W+ recovery on the bundled trained StyleGAN2-like generator, and loading.
 
 The subject is jobs/assets/models/style/style-digits.pt (experiments/train_style.py): mapping MLP, modulated
 convolutions, noise inputs, GAN-trained on the digits. Its generated images must be recovered to the
@@ -41,7 +41,7 @@ def test_generated_images_are_recovered_exactly(space):
     _, x = sample_generated(g, IDS, seed=0)
     table = recover(g, x, IDS, settings=RecoverySettings(batch_size=4))
     mse = table.column("mse").to_pylist()
-    assert max(mse) < 1e-3, mse  # the exact-recovery level (DESIGN §1)
+    assert max(mse) < 1e-3, mse  # the exact-recovery level (DESIGN.md §1)
 
 
 def test_w_start_is_the_mapping_w_avg():

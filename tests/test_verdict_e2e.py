@@ -1,4 +1,4 @@
-"""End to end on a trained generator (issue 10): copies planted in train top the ranking and make the verdict
+"""End to end on a trained generator: copies planted in train top the ranking and make the verdict
 "memorization"; without them the verdict is not.
 
 The bundled digits DCGAN (jobs/assets/models/dcgan.pt, trained on all 1200 training digits, no memorization

@@ -1,4 +1,4 @@
-"""A small style-based generator with StyleGAN2-ADA's interface, the project's own test subject (issue 13).
+"""A small style-based generator with StyleGAN2-ADA's interface, the project's own test subject.
 
 Same public surface as NVlabs' `training.networks.Generator`, so the code that audits it audits theirs:
 

@@ -1,4 +1,4 @@
-"""Run the selected companion detectors on one audit's neighbours and features (issue 12).
+"""Run the selected companion detectors on one audit's neighbours and features.
 
     found = evaluate(["neighbours", "mifid", "ct", "birthday"], neighbours=nb, mifid=md, features=feats,
                      settings=StatsSettings(), metric="l2")

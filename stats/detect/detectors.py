@@ -1,4 +1,4 @@
-"""Companion detectors (issue 12): nearest neighbours, MiFID's memorization distance, the birthday test.
+"""Companion detectors: nearest neighbours, MiFID's memorization distance, the birthday test.
 
 C_T is in stats.detect.copying. Each detector gives one row of detectors.parquet:
 

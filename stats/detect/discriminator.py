@@ -1,4 +1,4 @@
-"""The discriminator check's statistics (issue 13): does D call training images real and held-out ones fake?
+"""The discriminator check's statistics: does D call training images real and held-out ones fake?
 
 Input: discriminator.parquet, one row per scored image: image_id, split, score (D's output, a logit unless the
 config's threshold says otherwise), classified_real (score > threshold). Output: per split the count, mean

@@ -1,4 +1,4 @@
-"""`memaudit history URL [--model M]` and `memaudit compare OUT_A OUT_B` (issue 14).
+"""`memaudit history URL [--model M]` and `memaudit compare OUT_A OUT_B`.
 
     memaudit history s3://bucket/audits/history/ --model ffhq-stylegan2   # table; history-<model>.html beside it
     memaudit compare s3://bucket/audits/ckpt-020000/ s3://bucket/audits/ckpt-025000/

@@ -1,4 +1,4 @@
-"""`memaudit compare OUT_A OUT_B`: two runs side by side (issue 14).
+"""`memaudit compare OUT_A OUT_B`: two runs side by side.
 
 Typically two checkpoints of one generator audited on the same images: which training
 images became memorized between them, and did the training errors as a whole move?

@@ -1,4 +1,4 @@
-"""Run history (issue 14): one row per finished audit in a Parquet dataset partitioned by model.
+"""Run history: one row per finished audit in a Parquet dataset partitioned by model.
 
     row = history_row("s3://bucket/audits/2026-12-01/")        # from the run's output alone
     append(row, "s3://bucket/audits/history/")                 # atomic, idempotent

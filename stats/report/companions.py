@@ -1,4 +1,4 @@
-"""The report's companion-detector section (issue 12), and reading the detectors' files of an output.
+"""The report's companion-detector section, and reading the detectors' files of an output.
 
     <out>/detectors.parquet   one row per detector (stats.detect.detectors.DETECTORS_SCHEMA)
     <out>/ct_cells.parquet    C_T per cell (stats.detect.copying.CELLS_SCHEMA)

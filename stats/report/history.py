@@ -1,4 +1,4 @@
-"""What `memaudit history URL` shows: a terminal table and an HTML page of trends (issue 14).
+"""What `memaudit history URL` shows: a terminal table and an HTML page of trends.
 
 Trends run against the checkpoint when every run of a model has a `checkpoint` tag with
 a number in it (run.tags.checkpoint, its last number: "snapshot-025000" is step 25000; the

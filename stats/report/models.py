@@ -1,4 +1,4 @@
-"""Report sections about the audited models (issue 13): the latent space searched, and the discriminator check.
+"""Report sections about the audited models: the latent space searched, and the discriminator check.
 
     <out>/discriminator.parquet   image_id, split, score, classified_real (stats.detect.discriminator.DISCRIMINATOR_SCHEMA)
 """

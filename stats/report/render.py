@@ -68,8 +68,8 @@ def render_report(
         samples: recoveries (samples.parquet), drawn as target, recovery and |difference|:
             best/median/worst per split, and top-<n> for the most memorized images.
         run_info: run.json's content, shown under provenance.
-        companions: the companion detectors' tables (issue 12), drawn after the recoveries.
-        discriminator: discriminator.parquet (issue 13): D's score per image, summarized per split.
+        companions: the companion detectors' tables, drawn after the recoveries.
+        discriminator: discriminator.parquet: D's score per image, summarized per split.
     """
     # The ids were checked by reduce(); the report needs the grouped errors only.
     groups = group_results(results, check_ids=False)

@@ -208,7 +208,7 @@ def search_section(reduction: Reduction, results: pa.Table, rows: dict[str, np.n
 
 
 def start_cap_text(cap: dict) -> str:
-    """What the start cap (recovery.start_cap: auto, issue 23) was and what it rests on."""
+    """What the start cap (recovery.start_cap: auto) was and what it rests on."""
     if cap.get("cap") is None:
         return f"<p>No start cap: {escape(str(cap.get('reason', '')))}.</p>"
     return (f"<p>Start cap: an image that was not recovered exactly stopped after {int(cap['cap'])} starts, the number "
