@@ -341,6 +341,12 @@ def build_config(raw: Mapping, *, base_dir: str, config_path: str | None = None)
     recovery = convert(RecoverySettings, recovery_raw, "recovery")
     if generator.diffusers:  # a diffusion model is not searched (recovery.diffusion_stats): no learned start, no cap
         recovery = dataclasses.replace(recovery, start="prior", start_cap=None)
+    stats_settings = convert(StatsSettings, raw.get("stats") or {}, "stats")
+    if generator.diffusers and generator.diffusion.statistic != "inversion" and \
+            "min_generated_success" not in (raw.get("stats") or {}):
+        # The generated gate checks that a search finds G's own images; a denoising statistic searches nothing.
+        # The DDIM inversion's fidelity on the generated split stays in the summary (mse: its reconstruction).
+        stats_settings = dataclasses.replace(stats_settings, min_generated_success=0.0)
     if recovery.loss == "features" and not feature_net:
         raise ConfigError("recovery.feature_net: loss: features needs a TorchScript feature network URL")
     if feature_net and recovery.loss != "features":
@@ -349,7 +355,7 @@ def build_config(raw: Mapping, *, base_dir: str, config_path: str | None = None)
         generator=generator,
         targets=_targets(raw["targets"]),
         recovery=recovery,
-        stats=convert(StatsSettings, raw.get("stats") or {}, "stats"),
+        stats=stats_settings,
         **_output(raw["output"]),
         run=_run(raw.get("run")),
         feature_net=feature_net,
