@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 from stats import storage
 
 from . import encoders, labels_and_scores, outputs
-from .config import AuditConfig
+from .sections import AuditConfig
 from .plan import Shard, generated_ids
 from .redact import redact_text
 from .formats import Item

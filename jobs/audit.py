@@ -23,7 +23,9 @@ import signal
 import sys
 import threading
 
-from .config import DEFAULT_OUTPUT, ConfigError, load_config
+from .config import DEFAULT_OUTPUT, load_config
+
+from .errors import ConfigError
 from .redact import install_log_redaction, redact_text
 from stats.exit_codes import BAD_INPUT, ERROR, INTERRUPTED, OK
 

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from stats import storage
 from stats.detect.companions import evaluate, needs
 from .errors import JobError
-from .config import GENERATED
+from .sections import GENERATED
 from .raylink import reason
 from .features import (TASKS, ImageRef, KnnBlock, features_key, features_url, knn_key, knn_url, read_features, read_table,
                        to_matrix)

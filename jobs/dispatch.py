@@ -27,7 +27,7 @@ from typing import Any, Iterable
 
 from . import raylink
 from .actors import PROGRESS_GROUP, GeneratorStalled, ShardReport
-from .config import AuditConfig
+from .sections import AuditConfig
 from .errors import JobError
 from .fleet import AuditActors
 from .losses import SETTLE_SECONDS, Lost, LostShards

@@ -18,7 +18,7 @@ from typing import Any
 from stats import storage
 
 from . import encoders, labels_and_scores, outputs, preflight, samples, start_cap
-from .config import GENERATED, AuditConfig
+from .sections import GENERATED, AuditConfig
 from .detectors import run_detectors
 from .dispatch import AuditActors
 from .errors import ConfigError, JobError

@@ -13,7 +13,7 @@ import hashlib
 import io
 
 from stats import storage
-from .config import AuditConfig
+from .sections import AuditConfig
 from .errors import JobError
 
 

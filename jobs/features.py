@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from stats import storage
 from stats.detect.companions import needs
-from .config import GENERATED
+from .sections import GENERATED
 from .plan import Shard, generated_ids
 from .sources import read_items
 

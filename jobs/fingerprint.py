@@ -23,8 +23,8 @@ from stats import storage
 from .typed import plain
 
 if TYPE_CHECKING:
-    from .config import AuditConfig
-    from .sources import SourceListing
+    from .sections import AuditConfig
+    from .formats import SourceListing
 
 VERSION = "memaudit.fingerprint/1"  # bump when the meaning of a results row changes
 

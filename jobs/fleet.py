@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .actors import make_actor_class
-from .config import AuditConfig
+from .sections import AuditConfig
 from .raylink import reason
 
 log = logging.getLogger("memaudit")

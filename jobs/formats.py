@@ -18,8 +18,8 @@ otherwise.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Protocol, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -29,9 +29,6 @@ from stats import storage
 
 from .redact import strip_secrets
 
-if TYPE_CHECKING:
-    from .config import SourceConfig
-    from .sources import SourceListing
 
 IMAGE_READ_ERRORS = (FileNotFoundError, IsADirectoryError)  # an image file's own fault: a rejects row (read_items)
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp")
@@ -57,21 +54,68 @@ class Item:
 # Formats
 
 
+class SourceSpec(Protocol):
+    """What a format reads of a source's config (jobs.sections.SourceConfig has these fields)."""
+
+    uri: str
+    format: str | None
+    image_column: str | None
+    array_column: str | None
+    shape_column: str | None
+    id_column: str | None
+    label_column: str | None
+    shape: tuple[int, ...] | None
+
+
+@dataclass(frozen=True)
+class SourceListing:
+    """One configured source, expanded: its files (sorted URLs) and their row counts."""
+
+    split: str
+    index: int
+    source: SourceSpec
+    files: tuple[str, ...]
+    rows: tuple[int, ...]
+    versions: tuple[str, ...] = ()  # per file: size and ETag / version id / mtime (storage.version_token)
+    bounds: np.ndarray = field(init=False, repr=False, compare=False)  # [files + 1] int64: first row of each file
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bounds", np.concatenate(([0], np.cumsum(self.rows, dtype=np.int64))))
+
+    @property
+    def total(self) -> int:
+        return int(self.bounds[-1])
+
+    def locate(self, positions: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Source row positions (sorted) -> [(file index, rows inside that file)], in order.
+
+        One binary search per position over the files' first rows: O(k log n) for k positions in n files,
+        so cutting a source into shards costs O(n log n) in all (it was O(n) per shard).
+        """
+        positions = np.asarray(positions, dtype=np.int64)
+        if positions.size == 0:
+            return []
+        which = np.searchsorted(self.bounds, positions, side="right") - 1  # [k] file of each position
+        cuts = np.flatnonzero(np.diff(which)) + 1
+        starts, stops = [0, *cuts.tolist()], [*cuts.tolist(), len(positions)]
+        return [(int(which[a]), positions[a:b] - self.bounds[which[a]]) for a, b in zip(starts, stops)]
+
+
 class SourceFormat(Protocol):
     """What the planner and the actors ask of a format; nothing outside it looks at which format it is."""
 
     extensions: tuple[str, ...]
 
-    def count_all(self, files: Sequence[str], src: "SourceConfig", endpoint_url: str | None) -> list[int]:
+    def count_all(self, files: Sequence[str], src: "SourceSpec", endpoint_url: str | None) -> list[int]:
         """Rows of each listed file, in order (footers or the like; never the images)."""
 
-    def ids(self, listing: "SourceListing", positions: np.ndarray, base_dir: str, endpoint_url: str | None) -> list[str | None]:
+    def ids(self, listing: SourceListing, positions: np.ndarray, base_dir: str, endpoint_url: str | None) -> list[str | None]:
         """The ids of the source row positions (sorted)."""
 
-    def segments(self, listing: "SourceListing", positions: np.ndarray) -> tuple[tuple[str, Sequence[int]], ...]:
+    def segments(self, listing: SourceListing, positions: np.ndarray) -> tuple[tuple[str, Sequence[int]], ...]:
         """The positions as (file URL, rows in that file) segments, the unit a shard stores and reads."""
 
-    def read(self, src: "SourceConfig", segments: list[tuple[str, Sequence[int]]], base_dir: str,
+    def read(self, src: "SourceSpec", segments: list[tuple[str, Sequence[int]]], base_dir: str,
              endpoint_url: str | None) -> list[Item]:
         """The images of the segments, in order; an image's own fault is an Item with an error."""
 
@@ -81,11 +125,11 @@ class ParquetFormat:
 
     extensions = ("parquet", "pq")
 
-    def count_all(self, files: Sequence[str], src: "SourceConfig", endpoint_url: str | None) -> list[int]:
+    def count_all(self, files: Sequence[str], src: "SourceSpec", endpoint_url: str | None) -> list[int]:
         with ThreadPoolExecutor(max_workers=16) as pool:  # one footer request per file; object stores like parallel
             return list(pool.map(lambda u: self.count_rows(u, src, endpoint_url), files))
 
-    def ids(self, listing: "SourceListing", positions: np.ndarray, base_dir: str, endpoint_url: str | None) -> list[str | None]:
+    def ids(self, listing: SourceListing, positions: np.ndarray, base_dir: str, endpoint_url: str | None) -> list[str | None]:
         ids: list[str | None] = []
         for f, rows in listing.locate(positions):
             url = listing.files[f]
@@ -97,10 +141,10 @@ class ParquetFormat:
                 ids.extend(every[int(r)] for r in rows)
         return ids
 
-    def segments(self, listing: "SourceListing", positions: np.ndarray) -> tuple[tuple[str, Sequence[int]], ...]:
+    def segments(self, listing: SourceListing, positions: np.ndarray) -> tuple[tuple[str, Sequence[int]], ...]:
         return tuple((listing.files[f], _compact(rows)) for f, rows in listing.locate(positions))
 
-    def read(self, src: "SourceConfig", segments: list[tuple[str, Sequence[int]]], base_dir: str,
+    def read(self, src: "SourceSpec", segments: list[tuple[str, Sequence[int]]], base_dir: str,
              endpoint_url: str | None) -> list[Item]:
         items = []
         for url, rows in segments:
@@ -108,7 +152,7 @@ class ParquetFormat:
                                           f"reading {url}"))
         return items
 
-    def check_schema(self, schema: pa.Schema, src: "SourceConfig", url: str) -> None:
+    def check_schema(self, schema: pa.Schema, src: "SourceSpec", url: str) -> None:
         """Raise SourceError if the columns `src` names are missing or of the wrong type."""
         wanted = {"image_column": src.image_column, "array_column": src.array_column,
                   "shape_column": src.shape_column, "id_column": src.id_column, "label_column": src.label_column}
@@ -130,7 +174,7 @@ class ParquetFormat:
                           "shape_column": "list<int>", "id_column": "string or integer", "label_column": "string or integer"}[key]
                 raise SourceError(f"{key}: column {column!r} of {url} is {t}, expected {expect}")
 
-    def count_rows(self, url: str, src: "SourceConfig", endpoint_url: str | None) -> int:
+    def count_rows(self, url: str, src: "SourceSpec", endpoint_url: str | None) -> int:
         def footer() -> pq.FileMetaData:
             fs, path = storage.filesystem(url, endpoint_url)
             with fs.open(path, "rb") as f:
@@ -143,7 +187,7 @@ class ParquetFormat:
         self.check_schema(meta.schema.to_arrow_schema(), src, url)
         return meta.num_rows
 
-    def read_ids(self, url: str, src: "SourceConfig", base_dir: str, endpoint_url: str | None) -> list[str]:
+    def read_ids(self, url: str, src: "SourceSpec", base_dir: str, endpoint_url: str | None) -> list[str]:
         if src.id_column is None:
             n = self.count_rows(url, src, endpoint_url)
             return [derived_id(url, base_dir, row) for row in range(n)]
@@ -152,7 +196,7 @@ class ParquetFormat:
             column = pq.ParquetFile(f).read(columns=[src.id_column]).column(0)
         return [None if v is None else str(v) for v in column.to_pylist()]
 
-    def read_rows(self, url: str, rows: Sequence[int], src: "SourceConfig", base_dir: str,
+    def read_rows(self, url: str, rows: Sequence[int], src: "SourceSpec", base_dir: str,
                   endpoint_url: str | None) -> list[Item]:
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size == 0:
@@ -185,7 +229,7 @@ class ParquetFormat:
                 start = stop
         return items
 
-    def _items(self, table: pa.Table, rows: np.ndarray, src: "SourceConfig", url: str, base_dir: str) -> list[Item]:
+    def _items(self, table: pa.Table, rows: np.ndarray, src: "SourceSpec", url: str, base_dir: str) -> list[Item]:
         data = table.column(src.image_column or src.array_column).to_pylist()
         ids = table.column(src.id_column).to_pylist() if src.id_column else [None] * len(rows)
         shapes = table.column(src.shape_column).to_pylist() if src.shape_column else [src.shape] * len(rows)
@@ -216,17 +260,17 @@ class ImageFiles:
     def __init__(self, extension: str) -> None:
         self.extensions = (extension,)
 
-    def count_all(self, files: Sequence[str], src: "SourceConfig", endpoint_url: str | None) -> list[int]:
+    def count_all(self, files: Sequence[str], src: "SourceSpec", endpoint_url: str | None) -> list[int]:
         return [1] * len(files)
 
-    def ids(self, listing: "SourceListing", positions: np.ndarray, base_dir: str, endpoint_url: str | None) -> list[str | None]:
+    def ids(self, listing: SourceListing, positions: np.ndarray, base_dir: str, endpoint_url: str | None) -> list[str | None]:
         # no per-file arrays at 10^6 files: position p is file p
         return [_public(i) for i in storage.identities([listing.files[p] for p in positions.tolist()], base_dir)]
 
-    def segments(self, listing: "SourceListing", positions: np.ndarray) -> tuple[tuple[str, Sequence[int]], ...]:
+    def segments(self, listing: SourceListing, positions: np.ndarray) -> tuple[tuple[str, Sequence[int]], ...]:
         return tuple((listing.files[p], range(0, 1)) for p in positions.tolist())
 
-    def read(self, src: "SourceConfig", segments: list[tuple[str, Sequence[int]]], base_dir: str,
+    def read(self, src: "SourceSpec", segments: list[tuple[str, Sequence[int]]], base_dir: str,
              endpoint_url: str | None) -> list[Item]:
         def one(url: str) -> Item:
             image_id = derived_id(url, base_dir, None)

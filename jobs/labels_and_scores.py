@@ -1,7 +1,5 @@
 """The job's side of conditional generators' labels and of the discriminator check's scores.
 
-    check_models(config)          at config time: a label column needs a conditional generator, a conditional
-                                  discriminator needs generator.classes
     check_labels(config, plan)    before any actor starts: every label in every label_column is one of
                                   generator.classes.names (reads only that column of each planned file)
     label_indices(items, ...)     in an actor: the source's labels -> class indices for recovery.recover
@@ -28,26 +26,10 @@ from . import outputs
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .config import AuditConfig
+    from .sections import AuditConfig
     from .plan import Plan
 
 SCORE, REAL = "discriminator_score", "discriminator_real"  # results columns written by the actor
-
-
-def check_models(config: "AuditConfig") -> None:
-    """The conditional / discriminator fields agree with each other (no file is read)."""
-    classes = config.generator.classes
-    for split, sources in config.targets.splits.items():
-        for i, src in enumerate(sources):
-            if src.label_column and classes is None:
-                raise ConfigError(f"targets.{split}[{i}].label_column: the generator is unconditional (no generator.classes); "
-                                  "a label column needs a conditional G(z, c): give generator.classes {names: [...], encoding: ...}")
-    d = config.discriminator
-    if d is not None and d.conditional and classes is None:
-        raise ConfigError("discriminator.conditional: a conditional D needs generator.classes for its labels")
-    if config.generator.builtin and config.generator.space in ("w", "w_plus"):
-        raise ConfigError(f"generator.space: {config.generator.space!r} needs a style-based generator (a mapping network); "
-                          f"builtin {config.generator.builtin!r} is a plain G(z): use space: z")
 
 
 def check_labels(config: "AuditConfig", plan: "Plan") -> None:

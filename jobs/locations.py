@@ -21,7 +21,7 @@ from .names import NAME_MAX
 from .formats import infer_format
 
 if TYPE_CHECKING:
-    from .config import AuditConfig
+    from .sections import AuditConfig
 
 
 def check_locations(config: "AuditConfig") -> None:

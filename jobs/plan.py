@@ -28,12 +28,13 @@ import numpy as np
 
 from typing import Iterable, Sequence
 
-from .config import AUTO, GENERATED, AuditConfig
+from .sections import AUTO, GENERATED, AuditConfig
 from .errors import ConfigError
 from .fingerprint import fingerprint
 from .redact import redact_text, strip_secrets
 from .formats import FORMATS, SourceError
-from .sources import SourceListing, list_source, read_ids, select_rows
+from .formats import SourceListing
+from .sources import list_source, read_ids, select_rows
 
 AUTO_SHARDS = 64  # targets.shard_size auto: about this many shards (finer than the actors: none idles at the end)
 AUTO_MIN = 16  # ... but no shard smaller than this (per-shard overhead: a task, two part files)

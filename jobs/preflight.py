@@ -20,7 +20,7 @@ import time
 from stats import storage
 
 from . import labels_and_scores
-from .config import AuditConfig
+from .sections import AuditConfig
 from .errors import ConfigError
 
 log = logging.getLogger("memaudit")

@@ -14,7 +14,8 @@ import time
 from importlib import metadata
 
 from .actors import peak_rss_mb
-from .config import AuditConfig
+from .fingerprint import settings_hash
+from .sections import AuditConfig
 from .plan import Plan
 
 
@@ -34,7 +35,7 @@ def new_run_info(config: AuditConfig, plan: Plan, *, started: str, previous: dic
     return {
         "status": "running",
         "fingerprint": plan.fingerprint,
-        "settings_hash": config.settings_hash,
+        "settings_hash": settings_hash(config),
         "config": config.to_dict(),
         "config_path": config.config_path,
         "versions": versions(),

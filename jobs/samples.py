@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from stats import storage
-from .config import GENERATED, AuditConfig
+from .sections import GENERATED, AuditConfig
 from .errors import JobError
 from .plan import Plan
 from .redact import redact_text

@@ -21,54 +21,20 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
 from stats import storage
 
-from .formats import FORMATS, Item, SourceError
+from .formats import FORMATS, Item, SourceError, SourceListing
 
 if TYPE_CHECKING:
-    from .config import SourceConfig
+    from .sections import SourceConfig
 
 # ---------------------------------------------------------------------------------------------------------
 # Listing and reading
-
-
-@dataclass(frozen=True)
-class SourceListing:
-    """One configured source, expanded: its files (sorted URLs) and their row counts."""
-
-    split: str
-    index: int
-    source: "SourceConfig"
-    files: tuple[str, ...]
-    rows: tuple[int, ...]
-    versions: tuple[str, ...] = ()  # per file: size and ETag / version id / mtime (storage.version_token)
-    bounds: np.ndarray = field(init=False, repr=False, compare=False)  # [files + 1] int64: first row of each file
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "bounds", np.concatenate(([0], np.cumsum(self.rows, dtype=np.int64))))
-
-    @property
-    def total(self) -> int:
-        return int(self.bounds[-1])
-
-    def locate(self, positions: np.ndarray) -> list[tuple[int, np.ndarray]]:
-        """Source row positions (sorted) -> [(file index, rows inside that file)], in order.
-
-        One binary search per position over the files' first rows: O(k log n) for k positions in n files,
-        so cutting a source into shards costs O(n log n) in all (it was O(n) per shard).
-        """
-        positions = np.asarray(positions, dtype=np.int64)
-        if positions.size == 0:
-            return []
-        which = np.searchsorted(self.bounds, positions, side="right") - 1  # [k] file of each position
-        cuts = np.flatnonzero(np.diff(which)) + 1
-        starts, stops = [0, *cuts.tolist()], [*cuts.tolist(), len(positions)]
-        return [(int(which[a]), positions[a:b] - self.bounds[which[a]]) for a, b in zip(starts, stops)]
 
 
 def list_files(src: "SourceConfig", endpoint_url: str | None) -> list[str]:

@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from . import outputs
-from .config import AuditConfig
+from .sections import AuditConfig
 from .dispatch import AuditActors, run_shards
 from .features import read_table
 from .plan import Plan, Shard

@@ -27,7 +27,8 @@ from typing import Any
 
 
 from stats import storage
-from .config import AuditConfig, ConfigError
+from .sections import AuditConfig
+from .errors import ConfigError
 from .names import NAME_MAX
 from .fingerprint import fingerprint
 from .plan import Plan, make_plan, sized

@@ -37,7 +37,7 @@ from .sources import SourceImage, describe_image, read_items
 if TYPE_CHECKING:
     import torch
 
-    from .config import AuditConfig
+    from .sections import AuditConfig
     from .plan import Plan, Shard
 
 log = logging.getLogger("memaudit")

@@ -8,6 +8,7 @@ import os
 import pytest
 from conftest import tiny_config, write_yaml
 
+from jobs.fingerprint import settings_hash
 from jobs.config import DEMO_CONFIG, ConfigError, build_config, load_config
 
 
@@ -150,7 +151,7 @@ def test_overrides_parse_yaml_values_and_reject_bad_keys(tmp_path):
 
 
 def test_fingerprint_covers_what_changes_results_only(tmp_path):
-    base = _load(tmp_path, _base()).settings_hash
+    base = settings_hash(_load(tmp_path, _base()))
     same = [
         _load(tmp_path, _base(), out="elsewhere"),
         _load(tmp_path, _base(resources={"actors": 7, "gpus_per_actor": 1, "cpus_per_actor": 4})),
@@ -159,7 +160,7 @@ def test_fingerprint_covers_what_changes_results_only(tmp_path):
         _load(tmp_path, _base(stats={"alpha": 0.05})),
         _load(tmp_path, _base(), overrides=["recovery.batch_size=3"]),  # recover() rows do not depend on it
     ]
-    assert all(c.settings_hash == base for c in same)
+    assert all(settings_hash(c) == base for c in same)
     different = [
         _load(tmp_path, _base(), overrides=["recovery.iterations=6"]),
         _load(tmp_path, _base(), overrides=["recovery.seed=1"]),
@@ -168,7 +169,7 @@ def test_fingerprint_covers_what_changes_results_only(tmp_path):
         _load(tmp_path, _base(), overrides=["generator.latent.prior=uniform"]),
         _load(tmp_path, _base(), overrides=["targets.generated.seed=2"]),
     ]
-    assert len({c.settings_hash for c in different} | {base}) == len(different) + 1
+    assert len({settings_hash(c) for c in different} | {base}) == len(different) + 1
 
 
 def test_shard_size_defaults_to_auto_and_takes_auto_or_an_int(tmp_path):
@@ -178,10 +179,10 @@ def test_shard_size_defaults_to_auto_and_takes_auto_or_an_int(tmp_path):
 
 
 def test_fingerprint_is_the_same_for_the_same_config_in_another_directory(tmp_path):
-    a = _load(tmp_path, _base()).settings_hash
+    a = settings_hash(_load(tmp_path, _base()))
     other = tmp_path / "copy"
     other.mkdir()
-    b = load_config(write_yaml(other / "audit.yaml", _base())).settings_hash
+    b = settings_hash(load_config(write_yaml(other / "audit.yaml", _base())))
     assert a == b
 
 

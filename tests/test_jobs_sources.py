@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import SIDE, images, png, tiny_config, write_yaml
 
+from jobs.fingerprint import settings_hash
 from jobs.config import ConfigError, SourceConfig, load_config
 from jobs.plan import check_ids, make_plan
 from jobs.sources import list_source, read_items, select_rows
@@ -176,7 +177,7 @@ def test_plan_fingerprint_changes_when_files_are_added(tmp_path, tiny_data):
     before = make_plan(config).fingerprint
     (data / "v99.png").write_bytes(png(images(1, seed=9)[0]))
     after = make_plan(config)
-    assert after.fingerprint != before and config.settings_hash == config.settings_hash
+    assert after.fingerprint != before and settings_hash(config) == settings_hash(config)
     assert after.images["val"] == 7
 
 
@@ -191,7 +192,7 @@ def test_locating_rows_in_many_files_matches_a_file_by_file_walk():
     """SourceListing.locate (one binary search per row) gives what walking every file would."""
     import numpy as np
 
-    from jobs.sources import SourceListing
+    from jobs.formats import SourceListing
 
     rng = np.random.default_rng(0)
     rows = tuple(int(r) for r in rng.integers(0, 5, size=300))  # files of 0..4 rows, empty ones among them
