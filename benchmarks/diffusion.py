@@ -208,7 +208,7 @@ def main() -> None:
         per_timestep({name: {"train": digits(train_set, 32 if args.quick else n), "val": digits("val.parquet", val_n)}
                       for name, (train_set, n) in SUBJECTS.items()})
     if "2" in args.parts:
-        part2([16, 64] if args.quick else [16, 64, 256, 1024], settings)
+        part2([16, 64] if args.quick else [16, 64, 256], settings)
     if "3" in args.parts:
         part3(model("ddpm-1200"), 20 if args.quick else args.trials, settings)
     if "4" in args.parts:
