@@ -58,7 +58,8 @@ def checkpoints(config: AuditConfig) -> list[tuple[str, str]]:
         return []
     pattern = getattr(config.generator, field)
     fs, path = storage.filesystem(pattern, config.storage.endpoint_url)
-    found = sorted(p for p in storage.retrying(lambda: fs.glob(path), f"listing {pattern}") if not fs.isdir(p))
+    folders = field == "diffusers"  # a diffusers checkpoint is a save_pretrained folder, the others are files
+    found = sorted(p for p in storage.retrying(lambda: fs.glob(path), f"listing {pattern}") if fs.isdir(p) == folders)
     if not found:
         raise ConfigError(f"generator.{field}: the glob {pattern!r} matches no file")
     named = [(checkpoint_name(p), storage.with_protocol(pattern, p)) for p in found]
