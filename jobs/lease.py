@@ -9,7 +9,7 @@ run.json carries `lease: {run_id, host, pid, heartbeat, timeout_s}` while a run 
 second run (or an --overwrite) finds a lease whose heartbeat is younger than its timeout and is refused,
 naming the holder; a lease whose heartbeat is older, or whose driver process is gone from this host, is
 stale: the new run takes it over and says so in the log. Every write of run.json is conditional on the
-version this run last wrote (storage.put_if: S3's If-Match / If-None-Match, a file lock on local disk),
+version this run last wrote (stats.conditional.put_if: S3's If-Match / If-None-Match, a file lock on local disk),
 so two runs racing for one output cannot both win, and a run whose lease was taken over notices at its
 next write (JobError) instead of mixing its parts into another run's output.
 """
@@ -26,7 +26,7 @@ import threading
 import uuid
 from typing import Any, Callable
 
-from stats import storage
+from stats import conditional, storage
 from .errors import ConfigError, JobError
 from .outputs import run_info_bytes
 
@@ -72,7 +72,7 @@ def holder(info: dict | None, *, now: dt.datetime | None = None) -> tuple[dict |
 
 def check_free(out: str, endpoint_url: str | None) -> None:
     """Refuse (ConfigError) an output a live run holds, before Ray starts; Lease.acquire checks again, atomically."""
-    data, _ = storage.read_versioned(storage.join(out, RUN_JSON), endpoint_url)
+    data, _ = conditional.read_versioned(storage.join(out, RUN_JSON), endpoint_url)
     try:
         live, _ = holder(_parse(data, out))
     except ConfigError:
@@ -112,7 +112,7 @@ class Lease:
         Raises:
             ConfigError: another run holds a live lease on the output (or won a race for it just now).
         """
-        data, version = storage.read_versioned(storage.join(out, RUN_JSON), endpoint_url)
+        data, version = conditional.read_versioned(storage.join(out, RUN_JSON), endpoint_url)
         try:
             previous = _parse(data, out)
         except ConfigError:
@@ -128,7 +128,7 @@ class Lease:
                         stale)
         lease = cls(out, endpoint_url, timeout=timeout, version=version)
         if not lease._put(info):
-            data, _ = storage.read_versioned(lease.url, endpoint_url)
+            data, _ = conditional.read_versioned(lease.url, endpoint_url)
             now = _parse(data, out)
             live, _ = holder(now)
             raise ConfigError(_in_use(out, live) if live else f"output: {out}: another run wrote run.json while this "
@@ -168,7 +168,7 @@ class Lease:
                 record["lease"] = {"run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
                                    "heartbeat": _now().isoformat(timespec="milliseconds"), "timeout_s": self.timeout}
             record.setdefault("lease", None)
-            version = storage.put_if(self.url, run_info_bytes(record), self.version, self.endpoint_url)
+            version = conditional.put_if(self.url, run_info_bytes(record), self.version, self.endpoint_url)
             if version is None:
                 return False
             self.version, self.info = version, copy.deepcopy(info)  # the heartbeat's copy: the caller goes on editing
@@ -185,7 +185,7 @@ class Lease:
 
     def _lost(self, raise_it: bool = True) -> None:
         try:
-            data, _ = storage.read_versioned(self.url, self.endpoint_url)
+            data, _ = conditional.read_versioned(self.url, self.endpoint_url)
             other = ((_parse(data, self.out) or {}).get("lease") or {}).get("run_id", "another run")
         except (ConfigError, OSError):  # unreadable now: it is still not this run's
             other = "another run"

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from stats import storage
+from stats import conditional, storage
 from jobs.errors import ConfigError
 from jobs.lease import Lease, LeaseLost
 
@@ -77,7 +77,7 @@ def test_a_lease_whose_driver_is_gone_from_this_host_is_stale_at_once(tmp_path, 
 
 def test_of_two_runs_racing_for_one_output_only_one_wins(output):
     out, endpoint = output
-    data, version = storage.read_versioned(storage.join(out, "run.json"), endpoint)
+    data, version = conditional.read_versioned(storage.join(out, "run.json"), endpoint)
     assert data is None
     a = Lease(out, endpoint, timeout=60, version=version)
     b = Lease(out, endpoint, timeout=60, version=version)  # both read the output before either wrote
@@ -105,11 +105,11 @@ def test_a_lost_conditional_write_is_read_from_the_store_answer(output):
     """put_if returns None only when the store says the precondition failed (If-None-Match or a stale If-Match)."""
     out, endpoint = output
     url = storage.join(out, "probe.json")
-    first = storage.put_if(url, b"1", None, endpoint)
+    first = conditional.put_if(url, b"1", None, endpoint)
     assert first is not None
-    assert storage.put_if(url, b"2", None, endpoint) is None  # it exists now
-    second = storage.put_if(url, b"3", first, endpoint)
-    assert second is not None and storage.put_if(url, b"4", first, endpoint) is None  # a stale version loses
+    assert conditional.put_if(url, b"2", None, endpoint) is None  # it exists now
+    second = conditional.put_if(url, b"3", first, endpoint)
+    assert second is not None and conditional.put_if(url, b"4", first, endpoint) is None  # a stale version loses
     assert storage.read_bytes(url, endpoint) == b"3"
 
 
@@ -131,7 +131,7 @@ def _retried_like_any_outage() -> None:
         wrapped.__cause__ = reset
         for exc in (reset, wrapped):
             assert storage.transient(exc), name
-            assert not storage._precondition_failed(exc), name
+            assert not storage.precondition_failed(exc), name
         calls = []
 
         def flaky():
