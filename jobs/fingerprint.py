@@ -94,6 +94,9 @@ def model_files(config: "AuditConfig") -> list[str]:
                 found.append(value)
             elif isinstance(value, dict):  # a style-based generator's {mapping, synthesis}
                 found.extend(v for v in value.values() if isinstance(v, str))
+    diffusers = getattr(config.generator, "diffusers", None)
+    if diffusers and not storage.is_glob(diffusers):  # a save_pretrained folder: every file in it (a sweep: per folder)
+        found.extend(storage.find_files(diffusers, config.storage.endpoint_url))
     if config.feature_net:
         found.append(config.feature_net)
     return found
