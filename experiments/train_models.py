@@ -54,6 +54,7 @@ from torch.nn import functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: import the repo's recovery package
 
+from experiments.card import render_card  # noqa: E402
 from recovery.models.dcgan import DCGAN  # noqa: E402
 
 DATA = ROOT / "jobs" / "assets" / "digits"
@@ -291,77 +292,6 @@ def read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def render_card(records: dict, catalog: dict) -> str:
-    lines = [
-        "# Bundled demo generators",
-        "",
-        "Small generators trained on CPU on the bundled digits data (`jobs/assets/digits/`,",
-        "scikit-learn's `digits` upsampled to 32x32) by `experiments/train_models.py`, so an audit can",
-        "show the memorization it should find (GLO on few images) and the silence it should keep",
-        "(a pure GAN). Rebuild with `python experiments/make_digits.py && python experiments/train_models.py`.",
-        "This file is generated from `training.json`; do not edit it by hand.",
-        "",
-        "All four share one architecture: `recovery.models.dcgan.DCGAN(nz=32, ngf=32, nc=1, size=32)`,",
-        "saved as TorchScript in eval mode (`torch.jit.load(path)(z)`), mapping a latent batch",
-        "`[B, 32]` float32 to `[B, 1, 32, 32]` float32 in `[-1, 1]` (tanh output; grayscale, black",
-        "background = -1). Batch-norm statistics were recomputed after training (GLO: over its training",
-        "latents; DCGAN: over N(0, I) latents).",
-        "",
-        "Training times are wall-clock seconds on a shared 2-core machine and vary with its load",
-        "(the same GLO-64 run took 17 s to 231 s); the weights do not (same sha256 on every rerun).",
-        "",
-    ]
-    for name in [n for n in MODELS if n in records]:  # training order: dcgan, glo-64, glo-256, glo-1200
-        r, c = records[name], catalog[f"{name}.pt"]
-        cfg = r["config"]
-        lines += [f"## {name}.pt", ""]
-        if c["kind"] == "gan":
-            lines.append(
-                "DCGAN (Radford et al. 2016), non-saturating GAN loss, discriminator "
-                "conv 32-64-128 with BN and LeakyReLU(0.2)."
-            )
-        else:
-            lines.append(
-                "GLO (Bojanowski et al. 2018): one learnable latent per training image, re-projected "
-                "onto the unit sphere after every step; loss MSE + 0.1 L1."
-            )
-        lr = f"Adam lr {cfg['lr_net']:g}" + (f" (latents {cfg['lr_latent']:g})" if c["kind"] == "glo" else "")
-        lines += [
-            "",
-            "| field | value |",
-            "|---|---|",
-            f"| data | `jobs/assets/digits/{c['train_set']}` |",
-            f"| training-set size | {c['train_size']} |",
-            f"| steps | {cfg['steps']} (batch {cfg['batch_size']}, {lr}, betas {tuple(cfg['betas'])}) |",
-            f"| seed | {cfg['seed']} |",
-        ]
-        for key, value in r["losses"].items():
-            lines.append(f"| final `{key}` | {value:.4f} |")
-        lines += [
-            f"| training time | {r['seconds']:.0f} s ({r['threads']} CPU threads, machine load average"
-            f" {r['load_avg_5min']:.1f}, torch {r['torch']}) |",
-            f"| file size | {r['file_bytes']} bytes |",
-            f"| weights sha256 | `{r['weights_sha256'][:16]}...` |",
-            f"| latent | shape {c['latent']['shape']}, prior `{c['latent']['prior']}`"
-            + (" (N(0, I))" if c["latent"]["prior"] == "normal" else " (uniform on the unit sphere)")
-            + " |",
-            f"| output range | {c['output_range']} |",
-            "",
-        ]
-    lines += [
-        "## Loss keys",
-        "",
-        "- `loss_d_last_100`, `loss_g_last_100`: mean discriminator (real + fake BCE) and generator",
-        "  (non-saturating BCE) losses over the last 100 steps.",
-        "- `train_loss_last_epoch`: mean GLO loss (MSE + 0.1 L1, train-mode batch norm) over the last epoch",
-        "  of steps.",
-        "- `eval_mse_train_latents`, `eval_loss_train_latents`: the exported (eval-mode) generator's",
-        "  per-pixel MSE and loss on the training images from their learned latents.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def train_one(name: str) -> tuple[dict, dict]:
     cfg = MODELS[name]
     x = load_images(DATA / cfg.train_set)  # [N, 1, 32, 32] in [-1, 1]
@@ -412,7 +342,7 @@ def main() -> None:
         write_json(OUT / "training.json", records)
     if set(records) == set(MODELS):
         card = OUT / "MODEL_CARD.md"
-        card.with_name(".MODEL_CARD.md.tmp").write_text(render_card(records, catalog))
+        card.with_name(".MODEL_CARD.md.tmp").write_text(render_card(records, catalog, MODELS))
         os.replace(card.with_name(".MODEL_CARD.md.tmp"), card)
     else:
         print(f"MODEL_CARD.md not written: no record yet for {sorted(set(MODELS) - set(records))}")
