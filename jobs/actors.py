@@ -172,9 +172,12 @@ class AuditActor:
         config, out, endpoint = self.config, self.config.output, self.config.storage.endpoint_url
         rejects: list[tuple[Item, str, str]] = []
         from_cache = False
+        # A diffusion model's one call runs a whole sampler (minutes on a CPU): job.batch_timeout is for plain G(z).
+        diffusion = recovery.is_diffusion(self.generator)
+        watched = (lambda work: work()) if diffusion else (lambda work: self._watched(shard, work))
         if shard.generated:
             ids = generated_ids(shard.start, shard.stop)
-            z0, targets = self._watched(shard, lambda: recovery.sample_generated(
+            z0, targets = watched(lambda: recovery.sample_generated(
                 self.generator, ids, seed=config.targets.generated.seed, settings=config.recovery))  # [N, *latent], [N, C, H, W]
             labels = recovery.generated_labels(self.generator, ids, seed=config.targets.generated.seed)  # [N] or None
             where = [f"generated:seed={config.targets.generated.seed}"] * len(ids)
@@ -198,7 +201,7 @@ class AuditActor:
         call = lambda: search(self.generator, targets, ids, settings=settings,  # noqa: E731
                               feature_net=self.feature_net, encoder=self._encoder(), labels=labels,
                               progress=self._progress_for(shard.id, len(ids)))  # targets [N, C, H, W]
-        table = call() if recovery.is_diffusion(self.generator) else self._watched(shard, call)
+        table = watched(call)
         table = labels_and_scores.add_scores(table, self.discriminator, targets, labels, batch_size=self.batch_size,
                                   threshold=config.discriminator.threshold if config.discriminator else 0.0)
         results = _results_table(table, shard.split, where, rows, [content_hash(t.numpy()) for t in targets], z0,
@@ -222,8 +225,9 @@ class AuditActor:
 
     def _watched(self, shard: Shard, work):
         """work() in a thread of its own, failing the shard with GeneratorStalled when no generator call finishes
-        for job.batch_timeout seconds (recovery.batching.heartbeat: every checked batch of G's output is a beat). A forward pass that never returns cannot be interrupted from Python, so the
-        thread is left behind and the driver restarts this actor's process (jobs.dispatch)."""
+        for job.batch_timeout seconds (recovery.batching.heartbeat: every checked batch of G's output is a beat).
+        A forward pass that never returns cannot be interrupted from Python, so the thread is left behind and
+        the driver restarts this actor's process (jobs.dispatch)."""
         from recovery.batching import generator_name, heartbeat
 
         timeout = self.config.job.batch_timeout

@@ -132,7 +132,8 @@ def check_batch_output(generator: LoadedGenerator, x: torch.Tensor, dtype: torch
     found = list(x.shape[1:]) if isinstance(x, torch.Tensor) else None
     problem = None
     if found != expected:
-        problem = f"output is {found if found is not None else type(x).__name__}, but {expected} in the load check (batches of 3 and 1)"
+        shown = found if found is not None else type(x).__name__
+        problem = f"output is {shown}, but {expected} in the load check (batches of 3 and 1)"
     elif x.dtype != dtype:
         problem = f"output dtype {x.dtype}, but {dtype} for one latent"
     elif range_check and len(x):

@@ -84,15 +84,16 @@ def test_sigterm_to_the_driver_is_an_interruption_that_resumes(tmp_path, tiny_da
     raw["resources"]["actors"] = 1
     raw["recovery"].update(iterations=60, restarts=2)
     command = [sys.executable, "-m", "jobs.audit", "--config", str(write_yaml(tmp_path / "audit.yaml", raw)),
-               "--out", str(tmp_path / "out"), "--quiet"]
+               "--out", str(tmp_path / "out")]
     driver = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               start_new_session=True)
     deadline = time.time() + 120
     while not _done_shards(tmp_path / "out") and driver.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     driver.send_signal(signal.SIGTERM)  # to the driver alone, as `kill <pid>` or a scheduler's stop does
-    _, err = driver.communicate(timeout=60)
-    assert driver.returncode == INTERRUPTED, err[-3000:]
+    out, err = driver.communicate(timeout=60)
+    (tmp_path / "driver.log").write_text(f"{out}\n--- stderr ---\n{err}")  # kept for a failure's diagnosis
+    assert driver.returncode == INTERRUPTED, (out[-3000:], err[-3000:])
     assert "interrupted: finished shards are kept" in err
     assert "SIGABRT" not in err and "*** " not in err and "Traceback" not in err, err[-3000:]
     deadline = time.time() + 30
