@@ -31,6 +31,7 @@ from conftest import tiny_config, write_yaml  # noqa: E402
 ASSETS = Path(__file__).resolve().parents[1] / "jobs" / "assets"
 MODELS = ASSETS / "models"
 FAST = DiffusionSettings(steps=10)
+SUBJECT = {"steps": 4, "timesteps": (50, 100, 200), "noises": 1}  # 15 UNet evaluations per image
 
 
 def _model(name: str, **diffusion) -> object:
@@ -124,12 +125,12 @@ def test_rows_depend_on_the_image_and_seed_not_on_batch_or_order():
 
 @pytest.fixture(scope="module")
 def memorizing() -> pa.Table:
-    return _audit(_model("ddpm-64"), {"train": _digits("train-64.parquet", 32), "val": _digits("val.parquet", 48)})
+    return _audit(_model("ddpm-64", **SUBJECT), {"train": _digits("train-64.parquet", 32), "val": _digits("val.parquet", 48)})
 
 
 @pytest.fixture(scope="module")
 def generalizing() -> pa.Table:
-    return _audit(_model("ddpm-1200"), {"train": _digits("train.parquet", 32), "val": _digits("val.parquet", 48)})
+    return _audit(_model("ddpm-1200", **SUBJECT), {"train": _digits("train.parquet", 32), "val": _digits("val.parquet", 48)})
 
 
 def test_the_memorizing_model_separates_train_from_val_and_the_verdict_says_so(memorizing):
