@@ -300,15 +300,15 @@ def test_convergence_starts_at_iteration_zero():
 
 def test_header_names_the_audit_and_its_data_snapshot_as_the_history_does(tmp_path):
     from stats.history.runs import history_row
-    from stats.report.page import data_snapshot
+    from stats.snapshot import data_snapshot, split_digests
     from tests._outputs import errors, write_output
 
     results = errors(1.0, 3)
     out = write_output(str(tmp_path / "out"), results, finished="2026-03-01T00:00:00+00:00", run={"model": "ffhq"})
     snapshot = history_row(out).column("data_snapshot")[0].as_py()
-    assert data_snapshot(results) == snapshot
+    assert data_snapshot(split_digests(results)) == snapshot
     reordered = results.take(np.arange(results.num_rows)[::-1])
-    assert data_snapshot(reordered) == snapshot  # which images, not their order
+    assert data_snapshot(split_digests(reordered)) == snapshot  # which images, not their order
     document = render_report(reduce(results), results=results,
                              run_info={"config": {"run": {"model": "ffhq"}}, "finished": "2026-03-01T00:00:00+00:00",
                                        "generator_sha256": "ab" * 32})

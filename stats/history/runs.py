@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import posixpath
 import warnings
 from typing import Any
@@ -37,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from stats.snapshot import data_snapshot, split_digests
 from stats import storage
 from stats import io as stats_io
 from stats.errors import StatsError
@@ -82,7 +82,6 @@ REQUIRED = ("run_id", "date", "verdict")  # in every history file since the firs
 MODEL = pa.field("model", pa.string(), nullable=False)
 PARTITIONING = ds.partitioning(pa.schema([MODEL]), flavor="hive")
 GENERATOR_KEYS = ("torchscript", "pickle", "checkpoint", "factory", "builtin")
-ID_CHUNK = 100_000
 
 
 def run_id(out_url: str, fingerprint: str) -> str:
@@ -139,7 +138,7 @@ def history_row(
         "status": info.get("status"),
         "generator": generator,
         "generator_sha256": generator_sha256 or info.get("generator_sha256"),
-        "data_snapshot": hashlib.sha256(json.dumps(snapshots, sort_keys=True).encode()).hexdigest(),
+        "data_snapshot": data_snapshot(snapshots),
         "config_fingerprint": info.get("config_fingerprint"),
         "fingerprint": info.get("fingerprint"),
         "verdict": verdict["label"],
@@ -264,27 +263,10 @@ def _same_kind(found: pa.DataType, expected: pa.DataType) -> bool:
 
 
 def split_snapshots(out_url: str, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
-    """Each split's data snapshot: sha256 of its sorted, distinct image ids, each followed by a newline.
-
-    Results and rejects both count: the snapshot is which images the run was given, not
-    which ones it could audit.
-    """
+    """Each split's data snapshot (stats.snapshot.split_digests) of the output at out_url."""
     results, rejects, _, _ = stats_io.read_output(out_url, storage_options=storage_options,
                                                   columns=("image_id", "split"))
-    tables = [results.select(["image_id", "split"])]
-    if rejects is not None and {"image_id", "split"} <= set(rejects.column_names):
-        tables.append(rejects.select(["image_id", "split"]))
-    ids = pa.concat_tables([t.cast(pa.schema([("image_id", pa.string()), ("split", pa.string())])) for t in tables])
-    out = {}
-    for split in sorted(set(ids.column("split").to_pylist())):
-        chosen = pc.unique(ids.filter(pc.equal(ids.column("split"), split)).column("image_id"))
-        digest = hashlib.sha256()
-        values = pc.array_sort_indices(chosen)
-        ordered = chosen.take(values).to_pylist()
-        for start in range(0, len(ordered), ID_CHUNK):
-            digest.update("".join(f"{i}\n" for i in ordered[start:start + ID_CHUNK]).encode())
-        out[split] = digest.hexdigest()
-    return out
+    return split_digests(results, rejects)
 
 
 def _one_per_run(table: pa.Table) -> pa.Table:

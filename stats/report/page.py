@@ -10,15 +10,11 @@ prints to PDF from the browser with every section open.
 from __future__ import annotations
 
 import datetime
-import hashlib
-import json
 import re
 from collections.abc import Iterable, Sequence
 from importlib import metadata
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from stats.report.html import escape
 
@@ -189,24 +185,3 @@ def short(digest: object) -> str | None:
 
 def today() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def data_snapshot(results: pa.Table, rejects: pa.Table | None = None) -> str:
-    """sha256 over each split's sorted distinct image ids (results and rejects): the images the run was given.
-
-    Computed as the run history's data_snapshot is, so a report's header and its history row agree.
-    """
-    tables = [results.select(["image_id", "split"])]
-    if rejects is not None and {"image_id", "split"} <= set(rejects.column_names):
-        tables.append(rejects.select(["image_id", "split"]))
-    schema = pa.schema([("image_id", pa.string()), ("split", pa.string())])
-    ids = pa.concat_tables([t.cast(schema) for t in tables])
-    per_split = {}
-    for split in sorted(set(pc.unique(ids.column("split")).to_pylist())):
-        chosen = pc.unique(ids.filter(pc.equal(ids.column("split"), split)).column("image_id"))
-        ordered = chosen.take(pc.array_sort_indices(chosen)).to_pylist()
-        digest = hashlib.sha256()
-        for start in range(0, len(ordered), 65536):
-            digest.update("".join(f"{i}\n" for i in ordered[start:start + 65536]).encode())
-        per_split[split] = digest.hexdigest()
-    return hashlib.sha256(json.dumps(per_split, sort_keys=True).encode()).hexdigest()

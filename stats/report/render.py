@@ -33,11 +33,12 @@ from stats.reduction import Reduction, reduce
 from stats.detect.extraction import extraction_section
 from stats.report.companions import CompanionFiles, detectors_section, read_companions
 from stats.report.models import discriminator_section, read_discriminator, space_section
-from stats.report.page import audit_fields, data_snapshot, fold, header, page, toc
+from stats.report.page import audit_fields, fold, header, page, toc
 from stats.report.sections import (confounds_box, flagged_marks, memorized_grid, memorized_section, rules_section,
                                    search_section)
 from stats.report.samples import SampleImages, check_samples, prepare
 from stats.settings import StatsSettings, field_names
+from stats.snapshot import data_snapshot, split_digests
 from stats.inputs import RANKS, group_results
 from stats.report.html import escape as _e
 from stats.report.html import img as _img
@@ -96,7 +97,7 @@ def render_report(
         _provenance_section(settings, run_info),
     ) if s]
     body = "\n".join([*(s for s in first if s), toc(folded), *(fold(s) for s in folded)])
-    top = header("memaudit report", audit_fields(run_info, data_snapshot(results, rejects)))
+    top = header("memaudit report", audit_fields(run_info, data_snapshot(split_digests(results, rejects))))
     return page(f"memaudit report: {reduction.verdict.label}", top, body)
 
 
