@@ -25,6 +25,8 @@ import time
 from collections import Counter, deque
 from typing import Any, Iterable
 
+from recovery.batching import BatchOutputError
+
 from . import raylink
 from .actors import PROGRESS_GROUP, GeneratorStalled, ShardReport
 from .sections import AuditConfig
@@ -212,6 +214,8 @@ class _ShardLoop:
         try:
             report = ray.get(ref)
         except ray.exceptions.RayTaskError as exc:  # raised by our code in the actor (a storage outage among them)
+            if isinstance(exc.cause, BatchOutputError):  # G itself changes with the batch size: no retry can help
+                raise exc.cause from None
             if isinstance(exc.cause, GeneratorStalled):  # G is still inside a forward pass there: a fresh process
                 ray.kill(actor, no_restart=False)
                 self.actors.rejoin(actor)

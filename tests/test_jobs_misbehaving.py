@@ -1,10 +1,11 @@
 """Generators that misbehave only on batches larger than the load check's, in a real job on local Ray: one whose
 forward pass never returns (job.batch_timeout ends the shard and names the generator, the shard and the batch
 size, instead of a progress line at 0 images for ever) and one whose output shape changes with the batch size
-(the shard fails naming both shapes instead of being resized silently). Faults come from tests/faulty_models.py."""
+(the run stops naming both shapes instead of resizing silently). Faults come from tests/faulty_models.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from conftest import LATENT, tiny_config, write_yaml
 from jobs.config import load_config
 from jobs.driver import run_audit
 from jobs.plan import make_plan
+from recovery import RecoveryError
 from stats.exit_codes import INTERRUPTED
 
 pytestmark = pytest.mark.slow
@@ -61,13 +63,12 @@ def test_a_generator_that_never_returns_fails_its_shards_within_the_batch_timeou
         assert f"on shard {shard}" in why and "batches of up to 8 latents" in why and "job.batch_timeout = 3s" in why
 
 
-def test_a_generator_whose_shape_changes_with_the_batch_fails_its_shards_naming_both(tmp_path, tiny_data,
+def test_a_generator_whose_shape_changes_with_the_batch_stops_the_run_naming_both(tmp_path, tiny_data,
                                                                                        ray_with_tests):
-    config = faulty_config(tmp_path, tiny_data, "BatchDependent", {"fault": "shape"})
-    outcome = run_audit(config, plan=make_plan(config))
-    assert outcome.exit_code == 1 and len(outcome.failed) == 2
-    for why in outcome.failed.values():
-        assert "BatchOutputError" in why and "batch of" in why and "[1, 4, 4]" in why and "[1, 8, 8]" in why, why
+    config = faulty_config(tmp_path, tiny_data, "BatchDependent", {"fault": "shape"}, shard_retries=2)
+    with pytest.raises(RecoveryError, match=r"BatchDependent.*batch of \d+ latents.*\[1, 4, 4\].*\[1, 8, 8\]"):
+        run_audit(config, plan=make_plan(config))  # the first such batch stops the run: no retry can help
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "failed"
 
 
 def test_sigterm_to_the_driver_is_an_interruption_that_resumes(tmp_path, tiny_data, tiny_generator):
