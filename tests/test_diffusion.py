@@ -180,3 +180,37 @@ def test_the_job_audits_a_diffusion_model_and_resumes(tmp_path, ray_local):
     assert again.verdict.label == reduction.verdict.label
     assert sorted(p.name for p in (tmp_path / "out" / "results").rglob("*.parquet")) == parts
     assert run_info["config"]["generator"]["diffusers"].endswith("ddpm-64")
+
+
+# --- the config ---------------------------------------------------------------------------------------------
+
+
+def _config(generator: dict, stats: dict | None = None):
+    from jobs.config import build_config
+
+    source = [{"uri": str(ASSETS / "digits" / "train-64.parquet"), "image_column": "image", "id_column": "id"}]
+    raw = {"generator": generator, "targets": {"train": source}, "output": "/tmp/memaudit-unused"}
+    return build_config({**raw, **({"stats": stats} if stats else {})}, base_dir=str(ASSETS))
+
+
+def test_the_config_names_a_bad_diffusion_field_and_turns_the_search_off():
+    from jobs.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"generator.diffusion.statistic: 'bogus' is not one of denoise, inversion, proximal"):
+        _config({"diffusers": str(MODELS / "ddpm-64"), "diffusion": {"statistic": "bogus"}})
+    with pytest.raises(ConfigError, match="generator: give exactly one of .*diffusers"):
+        _config({"diffusers": str(MODELS / "ddpm-64"), "torchscript": "g.pt"})
+    config = _config({"diffusers": str(MODELS / "ddpm-64")})
+    assert (config.recovery.start, config.recovery.start_cap) == ("prior", None)  # nothing is searched
+    assert config.stats.min_generated_success == 0.0  # no search to gate for the denoising statistic
+    gated = _config({"diffusers": str(MODELS / "ddpm-64"), "diffusion": {"statistic": "inversion"}})
+    assert gated.stats.min_generated_success == 0.9
+    assert _config({"diffusers": str(MODELS / "ddpm-64")}, {"min_generated_success": 0.5}).stats.min_generated_success == 0.5
+
+
+def test_a_glob_of_diffusers_folders_is_a_checkpoint_sweep():
+    from jobs.sweep import checkpoints
+
+    found = checkpoints(_config({"diffusers": str(MODELS / "ddpm-*")}))
+    assert [name for name, _ in found] == ["ddpm-1200", "ddpm-64"]
+    assert all(Path(url).is_dir() for _, url in found)
