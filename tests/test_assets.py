@@ -101,6 +101,7 @@ def test_model_loads_and_maps_latents(name, catalog):
     assert float(x.std()) > 0.1, "generator output is (nearly) constant"
 
 
+@pytest.mark.slow
 def test_glo_reproduces_a_training_image():
     """GLO-64 memorizes: some latent reproduces its first training image closely (cheap check)."""
     g = torch.jit.load(str(MODELS / "glo-64.pt"))

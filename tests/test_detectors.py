@@ -155,7 +155,7 @@ def test_birthday_on_a_generator_with_a_known_small_support():
 def test_birthday_counts_pairs_so_three_batches_of_crops_fire():
     """A generator that only reproduces (noisy crops of) 400 training images, 300 samples, batches of 100: every
     batch holds a near-duplicate, but three batches could never give p <= 0.01 when batches were counted; the
-    pair count does. Fresh images from the same distribution do not fire (over seeds, at most alpha's share)."""
+    pair count does. Fresh images from the same distribution rarely fire (20 seeds)."""
     rng = np.random.default_rng(1)
     train = rng.normal(size=(400, 32))
     generated = train[rng.integers(0, 400, 300)] + rng.normal(0, 0.05, (300, 32))
@@ -164,12 +164,12 @@ def test_birthday_counts_pairs_so_three_batches_of_crops_fire():
     assert row.count == 3 and row.statistic == 1.0  # 3 of 3 batches hold a near-duplicate pair
     assert row.fired and row.p_value <= 0.002, row.reason
     fired = 0
-    for seed in range(40):
+    for seed in range(20):
         r = np.random.default_rng(100 + seed)
         fresh, _ = birthday_test([f"g{i}" for i in range(300)], r.normal(size=(300, 32)), r.normal(size=(600, 32)),
                                  StatsSettings(seed=seed))
         fired += fresh.fired
-    assert fired <= 2  # alpha = 0.01: P(3 or more of 40) < 0.01
+    assert fired <= 1  # alpha = 0.01: P(2 or more of 20) < 0.02
 
 
 def test_exact_count_pvalue():

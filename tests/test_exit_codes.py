@@ -56,6 +56,7 @@ def test_memaudit_report_bad_input_is_2(tmp_path, capsys):
     assert report_main([str(tmp_path), "--fail-on", "sometimes"]) == 2  # argparse's choices
 
 
+@pytest.mark.slow
 def test_no_actor_for_the_learned_start_is_one_line_and_exit_1(ray_local, tmp_path, tiny_data, tiny_generator, capsys,
                                                                 moto_server, bucket):
     """An actor no node can host (more CPUs than the cluster has) while the learned start waits for one: the
