@@ -69,8 +69,10 @@ def test_history_shows_n_and_mre_of_the_configured_pair(custom_runs, tmp_path, c
     for out in custom_runs:
         append(history_row(out), history)
     assert history_main([history]) == 0
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("2026-12-0")]
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("2026-12-0")]
     assert len(lines) == 2 and all("40/40" in line for line in lines), lines
+    assert "n member/heldout" in out and "MRE member" in out and "MRE heldout" in out and "MRE train" not in out
 
 
 def test_compare_refuses_an_unfinished_output_as_report_does(tmp_path, capsys):

@@ -25,6 +25,16 @@ from stats.text import number
 
 COLUMNS = ("date", "checkpoint", "verdict", "n train/val", "MRE train", "MRE val", "MRE-gap [CI]", "KS p", "flagged",
            "data", "run")
+
+
+def columns_for(runs: pa.Table) -> tuple[str, ...]:
+    """COLUMNS with the runs' memorization pair in the headings (member/heldout rather than train/val when every
+    run was configured so; "a/b" when the runs' pairs differ)."""
+    pairs = {p or "train/val" for p in runs.column("pair").to_pylist()} if "pair" in runs.column_names else {"train/val"}
+    a, b = pairs.pop().split("/", 1) if len(pairs) == 1 else ("a", "b")
+    return (*COLUMNS[:3], f"n {a}/{b}", f"MRE {a}", f"MRE {b}", *COLUMNS[6:])
+
+
 def history_lines(history: pa.Table) -> list[list[str]]:
     """One list of cells (COLUMNS) per run, as strings."""
     lines = []
@@ -46,7 +56,7 @@ def format_history(history: pa.Table) -> str:
     """Per model, an aligned text table of its runs, oldest first."""
     blocks = []
     for model, runs in by_model(history):
-        rows = [list(COLUMNS), *history_lines(runs)]
+        rows = [list(columns_for(runs)), *history_lines(runs)]
         widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
         text = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
         blocks.append(f"model {model}: {runs.num_rows} run{'s' if runs.num_rows != 1 else ''}\n" + "\n".join(text))
@@ -69,7 +79,7 @@ def render_history(history: pa.Table, *, title: str = "memaudit history", gap_th
         ))
         sections.append(f'<section id="model-{index}"><h2>model {escape(model)}</h2>\n'
                         f'<div class="figures history">{figures}</div>\n'
-                        f"{table(COLUMNS, history_lines(runs), text_columns=(1, 2, 9, 10), table_id=f'runs-{index}', searchable=True, tall=True)}"
+                        f"{table(columns_for(runs), history_lines(runs), text_columns=(1, 2, 9, 10), table_id=f'runs-{index}', searchable=True, tall=True)}"
                         "</section>")
     body = "\n".join([toc(sections) if len(sections) > 1 else "", *(fold(s, open_=True) for s in sections)])
     return page(title, header(title, history_fields(history)), body)
