@@ -26,6 +26,7 @@ from .lease import Lease
 from .plan import Plan, generated_ids, make_plan, sized
 from .redact import redact_value
 from .runinfo import finished, new_run_info, now
+from .tracking import generator_sha256
 
 log = logging.getLogger("memaudit")
 
@@ -80,6 +81,7 @@ def run_audit(config: AuditConfig, *, plan: Plan | None = None, overwrite: bool 
     generator = generator if generator is not None else preflight.load_generator_cpu(config)
     lease, done, info = _take_output(config, plan, overwrite=overwrite, started=started, address=address)
     info["search"] = {**labels_and_scores.search_info(generator), "start": start}  # the space searched, the start
+    info["generator_sha256"] = generator_sha256(config.generator, config.storage.endpoint_url)  # the report's header
     log.info("search start: %s", start)
     pending = start_cap.order([s for s in plan.shards if s.id not in done], config)  # generated first under start_cap auto
     log.info("plan: %s", plan.describe().replace("\n", "\n  "))

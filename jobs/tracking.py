@@ -85,8 +85,7 @@ def record_history(config: Any, outcome: Any) -> str | None:
     endpoint = config.storage.endpoint_url
     run = getattr(config, "run", None)
     row = history_row(config.output, storage_options=storage.storage_options(config.output, endpoint),
-                      model=getattr(run, "model", None), tags=getattr(run, "tags", None),
-                      generator_sha256=generator_sha256(config.generator, endpoint))
+                      model=getattr(run, "model", None), tags=getattr(run, "tags", None))  # generator_sha256: run.json's
     written = storage.retrying(
         lambda: append(row, history, storage_options=storage.storage_options(history, endpoint)),
         f"appending to the history at {history}")

@@ -94,6 +94,11 @@ def test_full_run_reads_and_writes_s3(ray_local, s3, bucket, moto_server, tiny_d
     assert run_info["plan"]["shard_size"] == 4 and not run_info["plan"]["shard_size_auto"]
     assert 0 <= run_info["actor_idle_share"] <= 1 and 1 <= len(run_info["actor_busy_s"]) <= 2
     assert set(run_info["versions"]) >= {"memaudit", "torch", "ray", "pyarrow"}
+    import hashlib  # the audited generator file's sha256, in run.json and in the report's header
+
+    sha = hashlib.sha256(open(tiny_generator, "rb").read()).hexdigest()
+    assert run_info["generator_sha256"] == sha
+    assert f"<dt>generator sha256</dt><dd>{sha[:12]}</dd>" in s3.cat(f"{bucket}/out/report.html").decode()
     # Credentials never reach the outputs or the log.
     for name in ("run.json", "report.html"):
         assert SECRET not in s3.cat(f"{bucket}/out/{name}").decode()
