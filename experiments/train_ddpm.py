@@ -4,6 +4,9 @@ Run from the repository root (after `python experiments/make_digits.py`):
 
     python experiments/train_ddpm.py                  # both models, a few minutes each on 2 cores
     python experiments/train_ddpm.py --only ddpm-64   # one model; the other's folder is kept
+    python experiments/train_ddpm.py --only ddpm-64 --checkpoints /tmp/ddpm-64-steps --every 250
+                                                      # also a save_pretrained folder every 250 steps,
+                                                      # step-000250/ ...: a glob of them is a sweep
 
 Writes, under jobs/assets/models/:
 
@@ -90,10 +93,8 @@ def build(seed: int):
     return unet, scheduler
 
 
-def train(name: str, cfg: DDPMConfig) -> dict:
+def train(name: str, cfg: DDPMConfig, out: Path = OUT, checkpoints: Path | None = None, every: int = 0) -> dict:
     """The epsilon-prediction objective of Ho et al.: ||eps - eps_theta(sqrt(a_t) x + sqrt(1 - a_t) eps, t)||^2."""
-    from diffusers import DDPMPipeline
-
     x = load_images(DATA / cfg.train_set)  # [N, 1, 16, 16]
     n = len(x)
     unet, scheduler = build(cfg.seed)
@@ -118,14 +119,13 @@ def train(name: str, cfg: DDPMConfig) -> dict:
         opt.step()
         sched.step()
         window = (window + [loss.item()])[-100:]
+        if checkpoints is not None and every and (step + 1) % every == 0:
+            save(unet, scheduler, checkpoints / f"step-{step + 1:06d}")
+            unet.train()
         if step % 100 == 0 or step == cfg.steps - 1:
             print(f"{name} step {step:5d}  loss {sum(window) / len(window):.4f}  {time.time() - started:.0f}s", flush=True)
-    unet.eval()
-    folder = OUT / name
-    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder, safe_serialization=True)
-    for path in folder.rglob("*"):
-        if path.is_file():
-            path.chmod(0o644)  # safetensors writes 0600 files; these are shared package data
+    folder = out / name
+    save(unet, scheduler, folder)
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())  # before training.json
     return {
         "config": asdict(cfg),
@@ -138,16 +138,30 @@ def train(name: str, cfg: DDPMConfig) -> dict:
     }
 
 
+def save(unet, scheduler, folder: Path) -> None:
+    """The UNet (in eval mode) and its scheduler as a diffusers pipeline folder, readable by everyone."""
+    from diffusers import DDPMPipeline
+
+    unet.eval()
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder, safe_serialization=True)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(0o644)  # safetensors writes 0600 files; these are shared package data
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=sorted(MODELS), action="append", help="train only these")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1: reproducible weights)")
+    parser.add_argument("--out", type=Path, default=OUT, help="where the model folders go")
+    parser.add_argument("--checkpoints", type=Path, help="also save a folder every --every steps under this folder")
+    parser.add_argument("--every", type=int, default=250, help="steps between --checkpoints folders")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     for name in args.only or sorted(MODELS):
-        record = train(name, MODELS[name])
-        (OUT / name / "training.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        record = train(name, MODELS[name], args.out, args.checkpoints / name if args.checkpoints else None, args.every)
+        (args.out / name / "training.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         print(f"{name}: {record}", flush=True)
 
 
