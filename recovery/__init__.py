@@ -7,7 +7,8 @@ Pure PyTorch, no Ray. The job (jobs/) fetches data and calls these; so can a not
 """
 
 from .errors import ImageError, RecoveryError
-from .generators import LoadedGenerator, default_device, load_feature_net, load_generator, wrap_generator
+from .generators import load_feature_net, load_generator, wrap_generator
+from .loaded import LoadedGenerator, default_device
 from .diffusion import is_diffusion
 from .diffusion_stats import audit_diffusion
 from .encoder import Encoder, train_encoder

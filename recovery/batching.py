@@ -27,7 +27,7 @@ import torch
 from .errors import RecoveryError
 
 if TYPE_CHECKING:
-    from .generators import LoadedGenerator
+    from .loaded import LoadedGenerator
 
 MAX_DEFAULT = 64
 CPU_PIXELS = 1 << 18  # output values per batch on a CPU: 16 images of 3x64x64, 64 of 1x32x32, 1 of 3x256x256

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .errors import RecoveryError
-from .generators import LoadedGenerator
+from .loaded import LoadedGenerator
 from .settings import GeneratorSpec, LatentSpec
 
 EXTRA = "generator.diffusers needs the 'diffusion' extra: pip install memaudit[diffusion]"

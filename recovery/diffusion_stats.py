@@ -31,7 +31,7 @@ import torch
 
 from .diffusion import DDIM
 from .errors import RecoveryError
-from .generators import LoadedGenerator
+from .loaded import LoadedGenerator
 from .priors import stream
 from .settings import RecoverySettings
 

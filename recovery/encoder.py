@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from .generators import LoadedGenerator
+from .loaded import LoadedGenerator
 from .objective import target_shape, to_audit_resolution
 from .settings import RecoverySettings
 

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from .errors import RecoveryError
-from .generators import _freeze, _load_scripted, _read_bytes, default_device
+from .generators import _freeze, _load_scripted, _read_bytes
+from .loaded import default_device
 
 SPACES = ("pixel", "net")
 

@@ -16,7 +16,7 @@ from torch import nn
 from .batching import check_batch_output, single_dtype
 from .device_targets import DeviceTargets
 from .errors import RecoveryError
-from .generators import LoadedGenerator
+from .loaded import LoadedGenerator
 from .settings import OperatorSpec, RecoverySettings
 
 

@@ -17,14 +17,14 @@ from torch import nn
 from . import batching
 from .batching import BatchOutputError, check_batch_output, single_dtype
 from .errors import RecoveryError
-from .generators import LoadedGenerator
+from .loaded import LoadedGenerator
 from .objective import Objective, psnr, target_shape, to_audit_resolution
 from .optim import MAX_ITERATIONS, StopRules
 from .optimizers import make_optimizer
 from .priors import check_geometry, sample_for_ids, stream, to_prior_space
 from .restarts import ImageSearch, RestartScheduler
 from .screening import Screener
-from .settings import RecoverySettings, SearchPlan
+from .settings import RecoverySettings
 
 log = logging.getLogger("memaudit.recovery")
 

@@ -246,7 +246,7 @@ def test_failing_latents_do_not_touch_neighbours(mode):
     _, x = sample_generated(g_clean, ids, seed=5)
     flaky = Flaky(clean, mode)
     flaky.inner.eval()
-    from recovery.generators import LoadedGenerator
+    from recovery.loaded import LoadedGenerator
 
     g = LoadedGenerator(flaky.eval(), g_clean.spec, g_clean.output_shape, torch.device("cpu"))
     s = RecoverySettings(protocol="paper", iterations=15)  # unscreened starts, so some land where G fails
@@ -302,7 +302,8 @@ def test_pickled_checkpoint_needs_trust(tmp_path):
 
 def test_batch_dependent_and_nan_generators_are_refused():
     net = make_dcgan(nz=8).train()  # batch norm in training mode couples the batch
-    from recovery.generators import LoadedGenerator, _check
+    from recovery.generators import _check
+    from recovery.loaded import LoadedGenerator
 
     loaded = LoadedGenerator(net, GeneratorSpec(latent=LatentSpec((8,)), factory="x:y"), (0, 0, 0), torch.device("cpu"))
     with pytest.raises(RecoveryError, match="depends on the rest of its batch"):
