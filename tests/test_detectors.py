@@ -261,3 +261,21 @@ def test_the_registry_names_what_each_companion_needs():
 
     assert needs(["neighbours"]) == {"knn"} and needs(["mifid"]) == {"knn", "mifid"}
     assert needs(["ct", "birthday"]) == {"features"} and needs(["recovery"]) == frozenset()
+
+
+def test_extraction_uses_the_configured_held_out_split():
+    """Copies must be nearer than any held-out image: with held-out images named `heldout`, the floor is theirs.
+    g0 is a near-copy of t0 but no nearer to it than a held-out image is to its own nearest training image."""
+    from stats.detect.extraction import extraction_section
+    from stats.report.companions import CompanionFiles
+
+    rows = []
+    for split, qid, d1, d2, tid in (("generated", "g0", 0.5, 5.0, "t0"), ("generated", "g1", 0.1, 5.0, "t1"),
+                                    ("heldout", "h0", 0.4, 5.0, "t2")):
+        rows += [{"query_id": qid, "query_split": split, "rank": 1, "train_id": tid, "distance": d1},
+                 {"query_id": qid, "query_split": split, "rank": 2, "train_id": "t9", "distance": d2}]
+    neighbours = pa.Table.from_pylist(rows)
+    companions = CompanionFiles(neighbours=neighbours)
+    html = extraction_section(companions, StatsSettings(pairs=(("member", "heldout"),)))
+    assert html.startswith('<section id="extraction">') and "1 training images have a near-copy" in html
+    assert ">t1<" in html and ">t0<" not in html

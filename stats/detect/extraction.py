@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from stats.report.html import escape, table
 from stats.detect.nearest import first_and_second
@@ -72,12 +73,12 @@ def extraction_section(companions: Any, settings: Any) -> str:
     neighbours = getattr(companions, "neighbours", None) if companions is not None else None
     if neighbours is None or neighbours.num_rows == 0:
         return ""
-    queried = set(neighbours.column("query_split").to_pylist())
-    if "generated" not in queried:
+    if not pc.any(pc.equal(neighbours.column("query_split"), "generated")).as_py():
         return ""
-    found = extractions(neighbours, near_copy_ratio=settings.near_copy_ratio)
+    held_out = settings.pairs[0][1] if settings.pairs else "val"  # the configured held-out split, as the detectors'
+    found = extractions(neighbours, near_copy_ratio=settings.near_copy_ratio, reference=held_out)
     generated = len(set(first_and_second(neighbours, "generated")[0]))
-    copied = int(sum(found.column("copies").to_pylist())) if found.num_rows else 0
+    copied = int(pc.sum(found.column("copies")).as_py() or 0) if found.num_rows else 0
     intro = (f"{found.num_rows} training images have a near-copy among {generated} generated images ({copied} "
              f"copies): the nearest training image is under {settings.near_copy_ratio:g} times as far as the "
              "second (Carlini et al.'s criterion) and nearer than any held-out image is to its nearest training "

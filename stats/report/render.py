@@ -92,7 +92,8 @@ def render_report(
         _samples_section(samples),
         detectors_section(companions),
         extraction_section(companions, settings),
-        discriminator_section(discriminator, colors),
+        discriminator_section(discriminator, colors, a=settings.pairs[0][0], b=settings.pairs[0][1]) if settings.pairs
+        else discriminator_section(discriminator, colors),
         _rejects_section(rejects),
         _provenance_section(settings, run_info),
     ) if s]
