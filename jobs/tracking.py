@@ -38,13 +38,20 @@ def exit_code(outcome: Any, fail_on: str | None) -> int:
 
 def generator_sha256(generator: Any, endpoint_url: str | None = None) -> str | None:
     """sha256 of the generator's file (TorchScript, network pickle or checkpoint; a style-based TorchScript pair's
-    two files in key order), streamed; None for a built-in or factory generator without a checkpoint."""
+    two files in key order; a diffusers folder's files with their names), streamed; None for a built-in or
+    factory generator without a checkpoint."""
     value = next((getattr(generator, k, None) for k in GENERATOR_FILES if getattr(generator, k, None)), None)
-    if not value:
+    folder = getattr(generator, "diffusers", None)
+    if not value and not folder:
         return None
-    urls = [value[k] for k in sorted(value)] if isinstance(value, dict) else [value]  # {mapping, synthesis}
+    if folder:  # a save_pretrained folder: its files in sorted order, each preceded by its name inside the folder
+        urls = storage.find_files(folder, endpoint_url)
+    else:
+        urls = [value[k] for k in sorted(value)] if isinstance(value, dict) else [value]  # {mapping, synthesis}
     digest = hashlib.sha256()
     for url in urls:
+        if folder:
+            digest.update(url[len(folder.rstrip("/")):].encode() + b"\0")
         fs, path = storage.filesystem(str(url), endpoint_url)
 
         def read() -> None:

@@ -214,3 +214,25 @@ def test_a_glob_of_diffusers_folders_is_a_checkpoint_sweep():
     found = checkpoints(_config({"diffusers": str(MODELS / "ddpm-*")}))
     assert [name for name, _ in found] == ["ddpm-1200", "ddpm-64"]
     assert all(Path(url).is_dir() for _, url in found)
+
+
+def test_a_diffusers_folder_is_named_and_hashed_like_a_model_file(tmp_path):
+    """The report's header and the history name a diffusion model by its folder, and run.json's generator_sha256
+    covers every file of the folder (a copy hashes the same; an edited file does not)."""
+    import shutil
+    import types
+
+    from jobs.tracking import generator_sha256
+    from stats.history.runs import generator_url, model_stem
+    from stats.report.page import audit_fields
+
+    copy = tmp_path / "ddpm-64"
+    shutil.copytree(MODELS / "ddpm-64", copy)
+    before = generator_sha256(types.SimpleNamespace(diffusers=str(MODELS / "ddpm-64")))
+    assert before and generator_sha256(types.SimpleNamespace(diffusers=str(copy))) == before
+    config = next(copy.rglob("config.json"))
+    config.write_text(config.read_text() + "\n")
+    assert generator_sha256(types.SimpleNamespace(diffusers=str(copy))) != before
+    assert model_stem(generator_url({"diffusers": "s3://bucket/ddpm-64/"})) == "ddpm-64"
+    fields = dict(audit_fields({"config": {"generator": {"diffusers": str(copy)}}, "generator_sha256": before}, None))
+    assert fields["model"] == "ddpm-64" and fields["generator sha256"] == before[:12]

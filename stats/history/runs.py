@@ -81,7 +81,7 @@ HISTORY_SCHEMA = pa.schema([
 REQUIRED = ("run_id", "date", "verdict")  # in every history file since the first version
 MODEL = pa.field("model", pa.string(), nullable=False)
 PARTITIONING = ds.partitioning(pa.schema([MODEL]), flavor="hive")
-GENERATOR_KEYS = ("torchscript", "pickle", "checkpoint", "factory", "builtin")
+GENERATOR_KEYS = ("torchscript", "pickle", "checkpoint", "diffusers", "factory", "builtin")
 
 
 def run_id(out_url: str, fingerprint: str) -> str:
@@ -119,8 +119,8 @@ def history_row(
     config = info.get("config") if isinstance(info.get("config"), dict) else {}
     run = config.get("run") if isinstance(config.get("run"), dict) else {}
     tags = {str(k): str(v) for k, v in (tags if tags is not None else run.get("tags") or {}).items()}
-    generator = _generator_url(config.get("generator"))
-    model = model or run.get("model") or _stem(generator) or "unnamed"
+    generator = generator_url(config.get("generator"))
+    model = model or run.get("model") or model_stem(generator) or "unnamed"
     fingerprint = str(info.get("fingerprint") or info.get("config_fingerprint") or "")
 
     summary = _table(fs, root, "summary.parquet").to_pylist()
@@ -330,7 +330,8 @@ def _detectors_fired(fs, root: str) -> list[str]:
     return [str(v) for v in fired.column(name).to_pylist()]
 
 
-def _generator_url(section: Any) -> str | None:
+def generator_url(section: Any) -> str | None:
+    """Where run.json's generator section says the model came from (file, folder, factory or builtin name)."""
     if not isinstance(section, dict):
         return None
     for key in GENERATOR_KEYS:
@@ -339,7 +340,8 @@ def _generator_url(section: Any) -> str | None:
     return None
 
 
-def _stem(url: str | None) -> str | None:
+def model_stem(url: str | None) -> str | None:
+    """A model's name from its location when run.model is unset: the file or folder name without extension."""
     if not url:
         return None
     base = posixpath.basename(url.rstrip("/"))

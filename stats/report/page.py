@@ -16,6 +16,7 @@ from importlib import metadata
 from typing import Any
 
 
+from stats.history.runs import generator_url, model_stem
 from stats.report.html import escape
 
 STYLE = """
@@ -162,9 +163,7 @@ def audit_fields(run_info: dict[str, Any] | None, snapshot: str | None) -> list[
     config = info.get("config") if isinstance(info.get("config"), dict) else {}
     run = config.get("run") if isinstance(config.get("run"), dict) else {}
     generator = config.get("generator") if isinstance(config.get("generator"), dict) else {}
-    source = next((str(generator[k]) for k in ("torchscript", "pickle", "checkpoint", "factory", "builtin")
-                   if generator.get(k)), None)
-    model = run.get("model") or (source.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0] if source else None)
+    model = run.get("model") or model_stem(generator_url(generator))  # named as the history names it
     versions = info.get("versions") if isinstance(info.get("versions"), dict) else {}
     made = info.get("finished") or info.get("started")
     return [
