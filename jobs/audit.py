@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
 
     overrides = list(args.overrides) + ([f"resources.actors={args.actors}"] if args.actors is not None else [])
     started_ray = False
+    before = signal.getsignal(signal.SIGTERM)  # put back when main returns: a notebook or test process lives on
     _stop_on_sigterm()
     try:
         if args.max_shards is not None and args.max_shards < 0:
@@ -123,6 +124,8 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m jobs.audit") -
             import ray
 
             ray.shutdown()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, before)
 
 
 class Terminated(KeyboardInterrupt):

@@ -61,8 +61,8 @@ def checkpoints(config: AuditConfig) -> list[tuple[str, str]]:
     folders = field == "diffusers"  # a diffusers checkpoint is a save_pretrained folder, the others are files
     found = sorted(p for p in storage.retrying(lambda: fs.glob(path), f"listing {pattern}") if fs.isdir(p) == folders)
     if not found:
-        raise ConfigError(f"generator.{field}: the glob {pattern!r} matches no file")
-    named = [(checkpoint_name(p), storage.with_protocol(pattern, p)) for p in found]
+        raise ConfigError(f"generator.{field}: the glob {pattern!r} matches no {'folder' if folders else 'file'}")
+    named = [(checkpoint_name(p, folder=folders), storage.with_protocol(pattern, p)) for p in found]
     for name, _ in named:
         if len(checkpoint_folder(name).encode()) > NAME_MAX:
             raise ConfigError(f"generator.{field}: the checkpoint {name[:40]}... makes the output folder "
@@ -77,10 +77,11 @@ def checkpoints(config: AuditConfig) -> list[tuple[str, str]]:
     return sorted(named)
 
 
-def checkpoint_name(path: str) -> str:
-    """A checkpoint's name: its file name without the extension ("ckpt-025000.pt" -> "ckpt-025000")."""
+def checkpoint_name(path: str, *, folder: bool = False) -> str:
+    """A checkpoint's name: its file name without the extension ("ckpt-025000.pt" -> "ckpt-025000"); a folder's
+    whole name (a diffusers save_pretrained folder "ddpm.v2" stays "ddpm.v2")."""
     base = posixpath.basename(path.rstrip("/"))
-    return base.rsplit(".", 1)[0] if "." in base[1:] else base
+    return base if folder or "." not in base[1:] else base.rsplit(".", 1)[0]
 
 
 def checkpoint_config(config: AuditConfig, name: str, url: str) -> AuditConfig:

@@ -32,6 +32,7 @@ import torch
 from .diffusion import DDIM
 from .errors import RecoveryError
 from .loaded import LoadedGenerator
+from .objective import psnr
 from .priors import stream
 from .settings import RecoverySettings
 
@@ -141,15 +142,14 @@ def _table(ids: list[str], parts: dict, seconds: list[float], generator: LoadedG
     stats = {"denoise": cat["denoise"], "inversion": cat["mse"], "proximal": cat["proximal"]}
     error = stats[generator.spec.diffusion.statistic]
     finite = torch.isfinite(torch.stack([stats[k] for k in stats])).all(0) if n else torch.ones(0, dtype=torch.bool)
-    lo, hi = generator.spec.output_range
-    psnr = 10 * torch.log10((hi - lo) ** 2 / cat["mse"].clamp_min(1e-30))
+    peak = psnr(cat["mse"], generator.spec.output_range)  # [N] dB
     z = cat["latent"]  # [N, D]
     cols = {
         "image_id": pa.array(ids, pa.string()),
         "error": pa.array(error.numpy(), pa.float64()),
         "mse": pa.array(cat["mse"].numpy(), pa.float64()),
         "mae": pa.array(cat["mae"].numpy(), pa.float64()),
-        "psnr": pa.array(psnr.numpy(), pa.float64()),
+        "psnr": pa.array(peak.numpy(), pa.float64()),
         "restarts": pa.array([1] * n, pa.int32()),
         "best_restart": pa.array([0] * n, pa.int32()),
         "iterations": pa.array([generator.spec.diffusion.steps] * n, pa.int32()),

@@ -216,6 +216,21 @@ def test_a_glob_of_diffusers_folders_is_a_checkpoint_sweep():
     assert all(Path(url).is_dir() for _, url in found)
 
 
+def test_dotted_diffusers_folders_keep_their_whole_names(tmp_path):
+    """Folders are not files: "ddpm.v1" and "ddpm.v2" are two checkpoints, not one "ddpm" twice."""
+    import shutil
+
+    from jobs.errors import ConfigError
+    from jobs.sweep import checkpoints
+
+    for name in ("ddpm.v1", "ddpm.v2"):
+        shutil.copytree(MODELS / "ddpm-64", tmp_path / name)
+    found = checkpoints(_config({"diffusers": str(tmp_path / "ddpm.v*")}))
+    assert [name for name, _ in found] == ["ddpm.v1", "ddpm.v2"]
+    with pytest.raises(ConfigError, match="matches no folder"):
+        checkpoints(_config({"diffusers": str(tmp_path / "nothing-*")}))
+
+
 def test_a_diffusers_folder_is_named_and_hashed_like_a_model_file(tmp_path):
     """The report's header and the history name a diffusion model by its folder, and run.json's generator_sha256
     covers every file of the folder (a copy hashes the same; an edited file does not)."""

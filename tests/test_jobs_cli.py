@@ -80,3 +80,13 @@ def test_python_m_jobs_audit_runs_the_same_code(tmp_path, tiny_data, tiny_genera
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "2 shards, 6 images" in done.stdout
+
+
+def test_main_puts_back_the_callers_sigterm_handler(tmp_path, tiny_data, tiny_generator):
+    """memaudit handles SIGTERM as Ctrl-C while it runs; a notebook or test process that called main() gets its own
+    handler back afterwards."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["--config", _config(tmp_path, tiny_data, tiny_generator), "--dry-run", "--out", str(tmp_path / "o")]) == 0
+    assert signal.getsignal(signal.SIGTERM) is before
