@@ -35,7 +35,6 @@ from .sources import SourceImage, content_hash
 from .target_cache import TargetCache, load_targets
 
 
-
 class GeneratorStalled(RuntimeError):
     """No generator call finished for job.batch_timeout seconds: the shard fails and this actor's process,
     whose thread is still inside G's forward pass, is restarted by the driver."""
@@ -197,7 +196,7 @@ class AuditActor:
         settings = replace(config.recovery, keep_latent=True, batch_size=self.batch_size)
         if settings.start_cap == "auto" and start_cap is not None and not shard.generated:
             settings = replace(settings, start_cap=start_cap)
-        search = recovery.audit_diffusion if recovery.is_diffusion(self.generator) else recovery.recover
+        search = recovery.audit_diffusion if diffusion else recovery.recover
         call = lambda: search(self.generator, targets, ids, settings=settings,  # noqa: E731
                               feature_net=self.feature_net, encoder=self._encoder(), labels=labels,
                               progress=self._progress_for(shard.id, len(ids)))  # targets [N, C, H, W]

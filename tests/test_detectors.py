@@ -245,7 +245,9 @@ def test_a_new_detector_is_one_function_and_one_registry_line(monkeypatch):
         gen_ids, _ = x.features.get(x.generated, ([], None))
         return DetectorResult("toy", "count", float(len(gen_ids)), 0.0, None, False, len(gen_ids), "counted"), {}
 
-    with pytest.raises(Exception, match=r"detectors\[1\]: 'toy' is not one of recovery, neighbours, mifid, ct, birthday"):
+    from jobs.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"detectors\[1\]: 'toy' is not one of recovery, neighbours, mifid, ct, birthday"):
         check_detectors(["recovery", "toy"])
     monkeypatch.setitem(REGISTRY, "toy", Companion("toy", frozenset({"features", "sketch"}), toy))
     assert check_detectors(["recovery", "toy"]) == ("recovery", "toy")
